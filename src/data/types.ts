@@ -1,0 +1,22 @@
+/**
+ * The contract between the data pipeline (src/data) and the training loop (src/train).
+ * Arrays are flat row-major Float32Arrays so batches cross worker/prefetch boundaries cheaply.
+ */
+export interface Batch {
+  batchSize: number;
+  /** model input resolution S */
+  imageSize: number;
+  /** low-res mask resolution, S / 4 */
+  maskSize: number;
+  /** (B, S, S, 3) ImageNet-normalized, channels-last */
+  images: Float32Array;
+  /** (B, 4) x0, y0, x1, y1 in input pixels (0..S) */
+  boxes: Float32Array;
+  /** (B, 1, S/4, S/4) binary ground truth at the low-res mask size */
+  masks: Float32Array;
+  /** where each sample came from: "file.npz#slice=12,label=1" */
+  sources: string[];
+}
+
+/** A JSON-serializable position in the sample stream, saved in checkpoints for exact resume. */
+export type LoaderState = Record<string, unknown>;

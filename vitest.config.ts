@@ -1,0 +1,12 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    testTimeout: 300_000,
+    hookTimeout: 300_000,
+    pool: 'forks',
+    // tfjs keeps one engine per process; files run in separate forks, two at a time (2 cores)
+    maxWorkers: 2,
+  },
+});
