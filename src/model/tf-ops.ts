@@ -1,4 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
+// tfjs-core's CommonJS build registers no gradients; the union package registers them all.
+import '@tensorflow/tfjs';
 import type { Conv2dOptions, Ops } from './ops.js';
 
 /** Attention score tensors above this many bytes are computed in query chunks. */
@@ -80,8 +82,8 @@ export class TfOps implements Ops<tf.Tensor> {
   }
   attention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) {
     return tf.tidy(() => {
-      const [b, h, nq, d] = q.shape;
-      const nk = k.shape[2];
+      const [b, h, nq, d] = q.shape as number[];
+      const nk = (k.shape as number[])[2];
       const scale = 1 / Math.sqrt(d);
       const attend = (qc: tf.Tensor) => tf.matMul(tf.softmax(tf.mul(tf.matMul(qc, k, false, true), scale)), v);
       const scoreBytes = b * h * nq * nk * 4;
@@ -130,7 +132,11 @@ export class TfOps implements Ops<tf.Tensor> {
   conv2d(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor | undefined, opts: Conv2dOptions = {}) {
     return tf.tidy(() => {
       const { stride = 1, pad = 0, groups = 1 } = opts;
-      const [outDim, inPerGroup] = weight.shape;
+      const [outDim, inPerGroup, kh, kw] = weight.shape;
+      if (kh === 1 && kw === 1 && groups === 1 && stride === 1 && pad === 0) {
+        // a 1x1 conv is a per-pixel linear layer; matMul has fast gradients on every backend
+        return this.linear(x, tf.reshape(weight, [outDim, inPerGroup]), bias);
+      }
       const input = (pad > 0 ? tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]]) : x) as tf.Tensor4D;
       let y: tf.Tensor;
       if (groups === 1) {

@@ -1,0 +1,265 @@
+/**
+ * The SAM mask decoder, after the official `sam2/modeling/sam/mask_decoder.py`, with the
+ * `repeat_image=False` path (the image is already batched) that SAM2Base uses.
+ *
+ * Layouts: image embeddings, position encodings and high-res features are channels-last
+ * (B, h, w, C); masks come out as (B, M, 4h, 4w) like the official logits (one map per token).
+ */
+import {
+  conv2d,
+  conv2dSpecs,
+  convTranspose2dSpecs,
+  key,
+  layerNorm,
+  layerNormSpecs,
+  linearSpecs,
+  type Module,
+  type Ops,
+  type ParamSpec,
+} from './ops.js';
+import { MLP } from './sam2-utils.js';
+import { TwoWayTransformer, type TwoWayTransformerConfig } from './two-way-transformer.js';
+
+/** LayerNorm2d epsilon (official `sam2_utils.LayerNorm2d`) */
+const LN2D_EPS = 1e-6;
+
+export interface MaskDecoderConfig {
+  num_multimask_outputs: number;
+  transformer_dim: number;
+  transformer: TwoWayTransformerConfig;
+  iou_head_depth: number;
+  iou_head_hidden_dim: number;
+  use_high_res_features: boolean;
+  iou_prediction_use_sigmoid: boolean;
+  pred_obj_scores: boolean;
+  pred_obj_scores_mlp: boolean;
+  use_multimask_token_for_obj_ptr: boolean;
+  /**
+   * Official `dynamic_multimask_via_stability` (the image/video predictors' post-processing
+   * option). It needs a data-dependent argmax selection, which is not implemented here;
+   * setting it to true is rejected.
+   */
+  dynamic_multimask_via_stability?: boolean;
+}
+
+export interface MaskDecoderInputs<T> {
+  /** (B, h, w, C) */
+  imageEmbeddings: T;
+  /** (1, h, w, C), from `PromptEncoder.densePe` */
+  imagePe: T;
+  /** (B, N, C) */
+  sparse: T;
+  /** (B, h, w, C) (batch 1 broadcasts) */
+  dense: T;
+  multimaskOutput: boolean;
+  /** [(B, 4h, 4w, C/8), (B, 2h, 2w, C/4)], already through conv_s0 / conv_s1 */
+  highResFeatures?: [T, T];
+}
+
+/** What `predict_masks` returns: every mask token's output, before the multimask selection. */
+export interface MaskDecoderRawOutput<T> {
+  /** (B, num_mask_tokens, 4h, 4w) mask logits */
+  masks: T;
+  /** (B, num_mask_tokens) */
+  iouPred: T;
+  /** (B, num_mask_tokens, C) */
+  maskTokensOut: T;
+  /** (B, 1) */
+  objectScoreLogits: T;
+}
+
+/** What the official `MaskDecoder.forward` returns (after multimask selection). */
+export interface MaskDecoderOutput<T> {
+  /** (B, M, 4h, 4w) low-res mask logits; M = 3 with multimask output, else 1 */
+  masks: T;
+  /** (B, M) */
+  iouPred: T;
+  /** (B, M', C): the multimask tokens when multimask output and use_multimask_token_for_obj_ptr, else the single-mask token */
+  samTokensOut: T;
+  /** (B, 1) object score logits (10 when the model has no object-score head) */
+  objectScoreLogits: T;
+}
+
+export class MaskDecoder implements Module {
+  readonly transformer: TwoWayTransformer;
+  readonly numMaskTokens: number;
+  readonly hypernetworkMlps: MLP[];
+  readonly iouPredictionHead: MLP;
+  readonly predObjScoreHead: MLP | null;
+
+  constructor(
+    readonly config: MaskDecoderConfig,
+    readonly prefix: string,
+  ) {
+    if (config.dynamic_multimask_via_stability) {
+      throw new Error('MaskDecoder: dynamic_multimask_via_stability is not supported');
+    }
+    const d = config.transformer_dim;
+    this.transformer = new TwoWayTransformer(config.transformer, key(prefix, 'transformer'));
+    this.numMaskTokens = config.num_multimask_outputs + 1;
+    this.hypernetworkMlps = Array.from(
+      { length: this.numMaskTokens },
+      (_, i) => new MLP(key(prefix, `output_hypernetworks_mlps.${i}`), d, d, d / 8, 3),
+    );
+    this.iouPredictionHead = new MLP(
+      key(prefix, 'iou_prediction_head'),
+      d,
+      config.iou_head_hidden_dim,
+      this.numMaskTokens,
+      config.iou_head_depth,
+      'relu',
+      config.iou_prediction_use_sigmoid,
+    );
+    this.predObjScoreHead =
+      config.pred_obj_scores && config.pred_obj_scores_mlp ? new MLP(key(prefix, 'pred_obj_score_head'), d, d, 1, 3) : null;
+  }
+
+  private k(name: string): string {
+    return key(this.prefix, name);
+  }
+
+  /** Every parameter, in the official state-dict order. */
+  paramSpecs(): ParamSpec[] {
+    const c = this.config;
+    const d = c.transformer_dim;
+    const embedding = (name: string, rows: number): ParamSpec => ({
+      name: this.k(`${name}.weight`),
+      shape: [rows, d],
+      init: { kind: 'normal', std: 1 },
+    });
+    const specs: ParamSpec[] = [...this.transformer.paramSpecs(), embedding('iou_token', 1), embedding('mask_tokens', this.numMaskTokens)];
+    if (c.pred_obj_scores) specs.push(embedding('obj_score_token', 1));
+    specs.push(
+      ...convTranspose2dSpecs(this.k('output_upscaling.0'), d, d / 4, 2),
+      ...layerNormSpecs(this.k('output_upscaling.1'), d / 4),
+      ...convTranspose2dSpecs(this.k('output_upscaling.3'), d / 4, d / 8, 2),
+    );
+    if (c.use_high_res_features) {
+      specs.push(...conv2dSpecs(this.k('conv_s0'), d, d / 8, 1), ...conv2dSpecs(this.k('conv_s1'), d, d / 4, 1));
+    }
+    specs.push(...this.hypernetworkMlps.flatMap((m) => m.paramSpecs()), ...this.iouPredictionHead.paramSpecs());
+    if (c.pred_obj_scores) {
+      specs.push(...(this.predObjScoreHead ? this.predObjScoreHead.paramSpecs() : linearSpecs(this.k('pred_obj_score_head'), d, 1)));
+    }
+    return specs;
+  }
+
+  /** The stride-4 backbone feature through `conv_s0` (1x1 conv, C -> C/8); NHWC. */
+  convS0<T>(ops: Ops<T>, x: T): T {
+    this.requireHighRes();
+    return conv2d(ops, x, this.k('conv_s0'));
+  }
+
+  /** The stride-8 backbone feature through `conv_s1` (1x1 conv, C -> C/4); NHWC. */
+  convS1<T>(ops: Ops<T>, x: T): T {
+    this.requireHighRes();
+    return conv2d(ops, x, this.k('conv_s1'));
+  }
+
+  private requireHighRes(): void {
+    if (!this.config.use_high_res_features) throw new Error('MaskDecoder: built without use_high_res_features, there is no conv_s0/conv_s1');
+  }
+
+  /** The official `forward`: `predictMasks`, then the multimask selection. */
+  forward<T>(ops: Ops<T>, inputs: MaskDecoderInputs<T>): MaskDecoderOutput<T> {
+    const raw = this.predictMasks(ops, inputs);
+    return this.selectOutputs(ops, raw, inputs.multimaskOutput);
+  }
+
+  /**
+   * The official output selection: masks/IoU 1.. with multimask output, else 0; tokens 1.. when
+   * multimask output and `use_multimask_token_for_obj_ptr`, else always token 0.
+   */
+  selectOutputs<T>(ops: Ops<T>, raw: MaskDecoderRawOutput<T>, multimaskOutput: boolean): MaskDecoderOutput<T> {
+    const n = this.numMaskTokens;
+    const [, , mh, mw] = ops.shape(raw.masks);
+    const c = this.config.transformer_dim;
+    const [start, count] = multimaskOutput ? [1, n - 1] : [0, 1];
+    const masks = ops.slice(raw.masks, [0, start, 0, 0], [-1, count, mh, mw]);
+    const iouPred = ops.slice(raw.iouPred, [0, start], [-1, count]);
+    const samTokensOut =
+      multimaskOutput && this.config.use_multimask_token_for_obj_ptr
+        ? ops.slice(raw.maskTokensOut, [0, 1, 0], [-1, n - 1, c])
+        : ops.slice(raw.maskTokensOut, [0, 0, 0], [-1, 1, c]);
+    return { masks, iouPred, samTokensOut, objectScoreLogits: raw.objectScoreLogits };
+  }
+
+  /** The official `predict_masks` (repeat_image=False): outputs of every mask token. */
+  predictMasks<T>(ops: Ops<T>, inputs: MaskDecoderInputs<T>): MaskDecoderRawOutput<T> {
+    const c = this.config;
+    const d = c.transformer_dim;
+    const { imageEmbeddings, imagePe, sparse, dense } = inputs;
+    const [b, h, w, ch] = ops.shape(imageEmbeddings);
+    const sparseShape = ops.shape(sparse);
+    if (ch !== d) throw new Error(`MaskDecoder: image embeddings have ${ch} channels, expected ${d}`);
+    if (sparseShape.length !== 3 || sparseShape[0] !== b || sparseShape[2] !== d) {
+      throw new Error(`MaskDecoder: sparse prompt embeddings must be (${b}, N, ${d}), got (${sparseShape.join(', ')})`);
+    }
+    const peShape = ops.shape(imagePe);
+    if (peShape.length !== 4 || peShape[0] !== 1 || peShape[1] !== h || peShape[2] !== w || peShape[3] !== d) {
+      throw new Error(`MaskDecoder: image_pe must be (1, ${h}, ${w}, ${d}), got (${peShape.join(', ')})`);
+    }
+
+    // Output tokens: [obj_score_token], iou_token, mask_tokens, then the prompt tokens.
+    const s = c.pred_obj_scores ? 1 : 0;
+    const tokenWeights = [ops.param(this.k('iou_token.weight')), ops.param(this.k('mask_tokens.weight'))];
+    if (c.pred_obj_scores) tokenWeights.unshift(ops.param(this.k('obj_score_token.weight')));
+    const numOut = s + 1 + this.numMaskTokens;
+    const outputTokens = ops.tile(ops.reshape(ops.concat(tokenWeights, 0), [1, numOut, d]), [b, 1, 1]);
+    const tokens = ops.concat([outputTokens, sparse], 1);
+
+    const src = ops.add(imageEmbeddings, dense);
+    const posSrc = ops.tile(imagePe, [b, 1, 1, 1]);
+
+    // Run the transformer
+    const { queries: hs, keys } = this.transformer.forward(ops, src, posSrc, tokens);
+    const iouTokenOut = ops.reshape(ops.slice(hs, [0, s, 0], [-1, 1, d]), [-1, d]);
+    const maskTokensOut = ops.slice(hs, [0, s + 1, 0], [-1, this.numMaskTokens, d]);
+
+    // Upscale mask embeddings and predict masks using the mask tokens
+    const srcMap = ops.reshape(keys, [-1, h, w, d]);
+    const dc = (x: T, i: number) =>
+      ops.convTranspose2d(x, ops.param(this.k(`output_upscaling.${i}.weight`)), ops.param(this.k(`output_upscaling.${i}.bias`)), 2);
+    let up: T;
+    if (!c.use_high_res_features) {
+      up = ops.gelu(layerNorm(ops, dc(srcMap, 0), this.k('output_upscaling.1'), LN2D_EPS));
+      up = ops.gelu(dc(up, 3));
+    } else {
+      if (!inputs.highResFeatures) throw new Error('MaskDecoder: use_high_res_features is set but no highResFeatures were given');
+      const [featS0, featS1] = inputs.highResFeatures;
+      this.checkHighRes(ops, featS1, [b, 2 * h, 2 * w, d / 4], 'highResFeatures[1] (stride 8)');
+      this.checkHighRes(ops, featS0, [b, 4 * h, 4 * w, d / 8], 'highResFeatures[0] (stride 4)');
+      up = ops.gelu(layerNorm(ops, ops.add(dc(srcMap, 0), featS1), this.k('output_upscaling.1'), LN2D_EPS));
+      up = ops.gelu(ops.add(dc(up, 3), featS0));
+    }
+
+    const hyperIn = ops.concat(
+      this.hypernetworkMlps.map((mlp, i) => mlp.forward(ops, ops.slice(maskTokensOut, [0, i, 0], [-1, 1, d]))),
+      1,
+    ); // (B, num_mask_tokens, C/8)
+    const [, uh, uw, uc] = ops.shape(up);
+    const masksFlat = ops.matMul(hyperIn, ops.reshape(up, [-1, uh * uw, uc]), false, true); // (B, T, uh*uw)
+    const masks = ops.reshape(masksFlat, [-1, this.numMaskTokens, uh, uw]);
+
+    // Mask quality and object score
+    const iouPred = this.iouPredictionHead.forward(ops, iouTokenOut);
+    let objectScoreLogits: T;
+    if (c.pred_obj_scores) {
+      const objToken = ops.reshape(ops.slice(hs, [0, 0, 0], [-1, 1, d]), [-1, d]);
+      objectScoreLogits = this.predObjScoreHead
+        ? this.predObjScoreHead.forward(ops, objToken)
+        : ops.linear(objToken, ops.param(this.k('pred_obj_score_head.weight')), ops.param(this.k('pred_obj_score_head.bias')));
+    } else {
+      // assume the object is present, sigmoid(10) ~ 1
+      objectScoreLogits = ops.constant(new Float32Array(b).fill(10), [b, 1]);
+    }
+    return { masks, iouPred, maskTokensOut, objectScoreLogits };
+  }
+
+  private checkHighRes<T>(ops: Ops<T>, x: T, want: number[], what: string): void {
+    const got = ops.shape(x);
+    if (got.length !== 4 || got.some((v, i) => v !== want[i])) {
+      throw new Error(`MaskDecoder: ${what} must be (${want.join(', ')}), got (${got.join(', ')})`);
+    }
+  }
+}

@@ -1,0 +1,100 @@
+/**
+ * `Sam2FrameGraphs` on TensorFlow.js: each piece runs the TypeScript model eagerly through
+ * `TfOps` inside `tf.tidy`, so only the returned handles survive.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { Sam2Config } from './config.js';
+import { SAM2Base, upsampleMasks, type FrameFeatures, type MemoryContext, type MemoryFeatures } from './sam2.js';
+import { TfOps } from './tf-ops.js';
+import type { HeadsResult, HostPrompt, Sam2FrameGraphs } from './video-predictor.js';
+
+/** Round float32 values to bfloat16 precision (round to nearest even, like torch's `.to(torch.bfloat16)`). */
+export function roundToBfloat16(values: Float32Array): Float32Array {
+  const out = new Float32Array(values);
+  const u = new Uint32Array(out.buffer);
+  for (let i = 0; i < u.length; i++) {
+    const x = u[i];
+    if ((x & 0x7f800000) === 0x7f800000 && (x & 0x007fffff) !== 0) {
+      u[i] = (x | 0x00400000) & 0xffff0000; // NaN stays NaN
+      continue;
+    }
+    u[i] = ((x + 0x7fff + ((x >>> 16) & 1)) >>> 0) & 0xffff0000;
+  }
+  return out;
+}
+
+export class TfFrameGraphs implements Sam2FrameGraphs<tf.Tensor> {
+  readonly config: Sam2Config;
+  private readonly ops: TfOps;
+
+  constructor(
+    readonly model: SAM2Base,
+    params: ReadonlyMap<string, tf.Tensor>,
+    /** store memory features at bfloat16 precision as the official predictor does (default true) */
+    private readonly bf16Memory = true,
+  ) {
+    this.config = model.config;
+    this.ops = new TfOps(params);
+  }
+
+  async encodeImage(image: Float32Array): Promise<FrameFeatures<tf.Tensor>> {
+    const S = this.config.image_size;
+    if (image.length !== S * S * 3) throw new Error(`encodeImage: expected ${S}x${S}x3 values, got ${image.length}`);
+    return tf.tidy(() => {
+      const f = this.model.encodeFrame(this.ops, tf.tensor(image, [1, S, S, 3]));
+      return { visionFeats: f.visionFeats, visionPos: f.visionPos, highRes: f.highRes };
+    }) as FrameFeatures<tf.Tensor>;
+  }
+
+  async conditionOnMemory(frame: FrameFeatures<tf.Tensor>, memory: MemoryContext<tf.Tensor> | null): Promise<tf.Tensor> {
+    return tf.tidy(() => this.model.conditionOnMemory(this.ops, frame, memory));
+  }
+
+  async samHeads(pixFeat: tf.Tensor, frame: FrameFeatures<tf.Tensor>, prompt: HostPrompt, multimask: boolean): Promise<HeadsResult<tf.Tensor>> {
+    const S = this.config.image_size;
+    return tf.tidy(() => {
+      const p = prompt.points;
+      const n = p ? p.labels.length : 0;
+      const out = this.model.forwardSamHeads(this.ops, {
+        backboneFeatures: pixFeat,
+        highRes: frame.highRes,
+        points: p ? { coords: tf.tensor(p.coords, [1, n, 2]), labels: tf.tensor(p.labels, [1, n]) } : undefined,
+        maskInputs: prompt.mask ? tf.tensor(prompt.mask, [1, S, S, 1]) : undefined,
+        multimaskOutput: multimask,
+      });
+      return { lowResMasks: out.lowResMasks, objPtr: out.objPtr, objectScoreLogits: out.objectScoreLogits };
+    }) as HeadsResult<tf.Tensor>;
+  }
+
+  async maskAsOutput(frame: FrameFeatures<tf.Tensor>, mask: Float32Array): Promise<HeadsResult<tf.Tensor>> {
+    const S = this.config.image_size;
+    return tf.tidy(() => {
+      const out = this.model.useMaskAsOutput(this.ops, frame.visionFeats, frame.highRes, tf.tensor(mask, [1, S, S, 1]));
+      return { lowResMasks: out.lowResMasks, objPtr: out.objPtr, objectScoreLogits: out.objectScoreLogits };
+    }) as HeadsResult<tf.Tensor>;
+  }
+
+  async encodeMemory(frame: FrameFeatures<tf.Tensor>, lowResMasks: tf.Tensor, objectScoreLogits: tf.Tensor, isMaskFromPts: boolean): Promise<MemoryFeatures<tf.Tensor>> {
+    const S = this.config.image_size;
+    const mem = tf.tidy(() => {
+      const highRes = upsampleMasks(this.ops, lowResMasks, [S, S]);
+      const m = this.model.encodeNewMemory(this.ops, frame, highRes, objectScoreLogits, isMaskFromPts);
+      return { features: m.features, posEnc: m.posEnc };
+    }) as MemoryFeatures<tf.Tensor>;
+    if (!this.bf16Memory) return mem;
+    const rounded = tf.tensor(roundToBfloat16((await mem.features.data()) as Float32Array), mem.features.shape);
+    mem.features.dispose();
+    return { features: rounded, posEnc: mem.posEnc };
+  }
+
+  async readMasks(lowResMasks: tf.Tensor, size: [number, number]): Promise<Float32Array> {
+    const up = tf.tidy(() => upsampleMasks(this.ops, lowResMasks, size));
+    const data = (await up.data()) as Float32Array;
+    up.dispose();
+    return data;
+  }
+
+  release(handles: tf.Tensor[]): void {
+    for (const h of handles) h.dispose();
+  }
+}
