@@ -1,0 +1,92 @@
+/**
+ * Export a SAM2 model to a folder of ONNX graphs (see graphs.ts for the list), each with the
+ * model config, image size and normalization in `metadata_props`, plus `medtune-onnx.json`
+ * (the same facts for the inference code, readable without parsing a model).
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { StateDict } from '../io/safetensors.js';
+import type { Sam2Config } from '../model/config.js';
+import { SAM2Base } from '../model/sam2.js';
+import { OPSET } from './graph-builder.js';
+import { allGraphs, GRAPH_FILES, type GraphKey } from './graphs.js';
+import { traceGraph } from './onnx-ops.js';
+
+export const MANIFEST_FILE = 'medtune-onnx.json';
+export const IMAGENET_MEAN = [0.485, 0.456, 0.406];
+export const IMAGENET_STD = [0.229, 0.224, 0.225];
+
+export interface Manifest {
+  format: 'medtune-onnx';
+  version: 1;
+  opset: number;
+  image_size: number;
+  /** the model input is (gray or RGB in [0, 1] - mean) / std per channel, NCHW */
+  normalization: { mean: number[]; std: number[] };
+  graphs: Record<GraphKey, string>;
+  config: Sam2Config;
+}
+
+export interface ExportedGraph {
+  key: GraphKey;
+  file: string;
+  bytes: number;
+  nodes: number;
+  ms: number;
+}
+
+export function manifestFor(config: Sam2Config): Manifest {
+  return {
+    format: 'medtune-onnx',
+    version: 1,
+    opset: OPSET,
+    image_size: config.image_size,
+    normalization: { mean: IMAGENET_MEAN, std: IMAGENET_STD },
+    graphs: { ...GRAPH_FILES },
+    config,
+  };
+}
+
+function metadataFor(manifest: Manifest, key: GraphKey): Record<string, string> {
+  return {
+    'medtune.graph': key,
+    'medtune.image_size': String(manifest.image_size),
+    'medtune.normalization': JSON.stringify(manifest.normalization),
+    'medtune.model_config': JSON.stringify(manifest.config),
+  };
+}
+
+/** Trace one graph of `config` with `params` into a serialized ONNX model. */
+export function buildGraph(config: Sam2Config, params: StateDict, key: GraphKey): { bytes: Uint8Array; nodes: number } {
+  const model = new SAM2Base(config);
+  const def = allGraphs(model)[key];
+  const ops = traceGraph(def, params);
+  return { bytes: ops.graph.toModel(metadataFor(manifestFor(config), key), `medtune ${def.name}`), nodes: ops.graph.nodeCount };
+}
+
+/**
+ * Write every graph (or `only` those) and the manifest to `outDir`. `params` must be the
+ * model's parameters by official name (see weights.ts loadStateDict).
+ */
+export function exportGraphs(
+  config: Sam2Config,
+  params: StateDict,
+  outDir: string,
+  opts: { only?: GraphKey[]; log?: (line: string) => void } = {},
+): ExportedGraph[] {
+  mkdirSync(outDir, { recursive: true });
+  const manifest = manifestFor(config);
+  const keys = opts.only ?? (Object.keys(GRAPH_FILES) as GraphKey[]);
+  const out: ExportedGraph[] = [];
+  for (const key of keys) {
+    const t0 = performance.now();
+    const { bytes, nodes } = buildGraph(config, params, key);
+    const file = join(outDir, GRAPH_FILES[key]);
+    writeFileSync(file, bytes);
+    const entry = { key, file, bytes: bytes.byteLength, nodes, ms: performance.now() - t0 };
+    out.push(entry);
+    opts.log?.(`  ${GRAPH_FILES[key].padEnd(32)} ${String(nodes).padStart(5)} nodes  ${(bytes.byteLength / 1e6).toFixed(1).padStart(7)} MB`);
+  }
+  writeFileSync(join(outDir, MANIFEST_FILE), `${JSON.stringify(manifest, null, 1)}\n`);
+  return out;
+}

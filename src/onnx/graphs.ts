@@ -1,0 +1,262 @@
+/**
+ * The exported graphs, each traced from the SAM2Base methods the training and the TypeScript
+ * predictor run (no second copy of the network). Image-path graph inputs and outputs are
+ * channels-first like the official export (NCHW at the boundary, channels-last inside);
+ * memory-path tensors that only travel between our own graphs stay channels-last.
+ *
+ * | file                              | from                                                    |
+ * | image_encoder.onnx                | imageEmbeddings / encodeFrame                           |
+ * | mask_decoder.onnx                 | promptEncoder.forward + maskDecoder.predictMasks/selectOutputs |
+ * | sam_heads.onnx                    | forwardSamHeads (decoder + best-IoU pick + object-pointer projection) |
+ * | mask_as_output.onnx               | useMaskAsOutput                                         |
+ * | memory_encoder.onnx / _binarized  | upsampleMasks + encodeNewMemory                         |
+ * | memory_attention.onnx             | the memory-bank assembly of conditionOnMemory + memoryAttention.forward |
+ */
+import type { Sam2Config } from '../model/config.js';
+import type { Ops } from '../model/ops.js';
+import { BACKBONE_STRIDE, upsampleMasks, type FrameFeatures, type SAM2Base } from '../model/sam2.js';
+import type { GraphDef, GraphIO } from './onnx-ops.js';
+
+export const GRAPH_FILES = {
+  imageEncoder: 'image_encoder.onnx',
+  maskDecoder: 'mask_decoder.onnx',
+  samHeads: 'sam_heads.onnx',
+  maskAsOutput: 'mask_as_output.onnx',
+  memoryEncoder: 'memory_encoder.onnx',
+  memoryEncoderBinarized: 'memory_encoder_binarized.onnx',
+  memoryAttention: 'memory_attention.onnx',
+} as const;
+export type GraphKey = keyof typeof GRAPH_FILES;
+
+const NCHW = [0, 3, 1, 2];
+const NHWC = [0, 2, 3, 1];
+
+/** Geometry every graph shares. */
+export interface Geometry {
+  S: number;
+  h: number;
+  C: number;
+  Cm: number;
+}
+
+export function geometry(config: Sam2Config): Geometry {
+  return {
+    S: config.image_size,
+    h: config.image_size / BACKBONE_STRIDE,
+    C: config.image_encoder.neck.d_model,
+    Cm: config.memory_encoder.out_dim,
+  };
+}
+
+function toNhwc<T>(ops: Ops<T>, x: T): T {
+  return ops.transpose(x, NHWC);
+}
+function toNchw<T>(ops: Ops<T>, x: T): T {
+  return ops.transpose(x, NCHW);
+}
+
+/** Image-path inputs shared by the decoder graphs: high-res maps, NCHW, batch symbolic. */
+function highResInputs<T>(ops: Ops<T>, io: GraphIO<T>, g: Geometry): [T, T] {
+  return [
+    toNhwc(ops, io.input('high_res_0', ['batch', g.C / 8, 4 * g.h, 4 * g.h])),
+    toNhwc(ops, io.input('high_res_1', ['batch', g.C / 4, 2 * g.h, 2 * g.h])),
+  ];
+}
+
+export function imageEncoderGraph(model: SAM2Base): GraphDef {
+  const g = geometry(model.config);
+  return {
+    name: 'image_encoder',
+    symbols: { batch: 2 },
+    build(ops, io) {
+      const image = toNhwc(ops, io.input('image', ['batch', 3, g.S, g.S]));
+      const { imageEmbed, highRes } = model.imageEmbeddings(ops, image);
+      const frame = model.encodeFrame(ops, image);
+      io.output('image_embed', toNchw(ops, imageEmbed));
+      io.output('high_res_0', toNchw(ops, highRes[0]));
+      io.output('high_res_1', toNchw(ops, highRes[1]));
+      io.output('vision_feats', toNchw(ops, frame.visionFeats));
+    },
+  };
+}
+
+export function maskDecoderGraph(model: SAM2Base): GraphDef {
+  const g = geometry(model.config);
+  return {
+    name: 'mask_decoder',
+    symbols: { batch: 2, num_points: 2 },
+    build(ops, io) {
+      const imageEmbed = toNhwc(ops, io.input('image_embed', ['batch', g.C, g.h, g.h]));
+      const highRes = highResInputs(ops, io, g);
+      const coords = io.input('point_coords', ['batch', 'num_points', 2]);
+      const labels = io.input('point_labels', ['batch', 'num_points']);
+      const maskInput = toNhwc(ops, io.input('mask_input', ['batch', 1, 4 * g.h, 4 * g.h]));
+      const hasMask = ops.reshape(io.input('has_mask_input', ['batch']), [-1, 1, 1, 1]);
+      const pe = model.promptEncoder;
+      const withMask = pe.forward(ops, { points: { coords, labels }, masks: maskInput });
+      const withoutMask = pe.forward(ops, { points: { coords, labels } });
+      // dense prompt: the mask embedding where has_mask_input is 1, no_mask_embed where it is 0
+      const dense = ops.add(ops.mul(withMask.dense, hasMask), ops.mul(withoutMask.dense, ops.add(ops.neg(hasMask), 1)));
+      const raw = model.maskDecoder.predictMasks(ops, {
+        imageEmbeddings: imageEmbed,
+        imagePe: pe.densePe(ops),
+        sparse: withMask.sparse,
+        dense,
+        multimaskOutput: false,
+        highResFeatures: model.config.use_high_res_features_in_sam ? highRes : undefined,
+      });
+      for (const [suffix, multi] of [['', false], ['_multi', true]] as const) {
+        const out = model.maskDecoder.selectOutputs(ops, raw, multi);
+        io.output(`low_res_masks${suffix}`, out.masks);
+        io.output(`iou_predictions${suffix}`, out.iouPred);
+        io.output(`sam_tokens${suffix}`, out.samTokensOut);
+      }
+      io.output('object_score_logits', raw.objectScoreLogits);
+    },
+  };
+}
+
+export function samHeadsGraph(model: SAM2Base): GraphDef {
+  const g = geometry(model.config);
+  return {
+    name: 'sam_heads',
+    symbols: { batch: 2, num_points: 2 },
+    build(ops, io) {
+      const pix = toNhwc(ops, io.input('pix_feat', ['batch', g.C, g.h, g.h]));
+      const highRes = highResInputs(ops, io, g);
+      const coords = io.input('point_coords', ['batch', 'num_points', 2]);
+      const labels = io.input('point_labels', ['batch', 'num_points']);
+      for (const [suffix, multi] of [['', false], ['_multi', true]] as const) {
+        const out = model.forwardSamHeads(ops, { backboneFeatures: pix, highRes, points: { coords, labels }, multimaskOutput: multi });
+        io.output(`pred_masks${suffix}`, out.lowResMasks);
+        io.output(`obj_ptr${suffix}`, out.objPtr);
+      }
+      // the object score does not depend on the mask choice
+      io.output('object_score_logits', model.forwardSamHeads(ops, { backboneFeatures: pix, highRes, points: { coords, labels }, multimaskOutput: false }).objectScoreLogits);
+    },
+  };
+}
+
+export function maskAsOutputGraph(model: SAM2Base): GraphDef {
+  const g = geometry(model.config);
+  return {
+    name: 'mask_as_output',
+    symbols: { batch: 2 },
+    build(ops, io) {
+      const feats = toNhwc(ops, io.input('vision_feats', ['batch', g.C, g.h, g.h]));
+      const highRes = highResInputs(ops, io, g);
+      const mask = io.input('mask', ['batch', 1, g.S, g.S]);
+      const out = model.useMaskAsOutput(ops, feats, highRes, mask);
+      io.output('pred_masks', out.lowResMasks);
+      io.output('obj_ptr', out.objPtr);
+      io.output('object_score_logits', out.objectScoreLogits);
+    },
+  };
+}
+
+export function memoryEncoderGraph(model: SAM2Base, binarized: boolean): GraphDef {
+  const g = geometry(model.config);
+  return {
+    name: binarized ? 'memory_encoder_binarized' : 'memory_encoder',
+    symbols: { batch: 2 },
+    build(ops, io) {
+      const feats = toNhwc(ops, io.input('vision_feats', ['batch', g.C, g.h, g.h]));
+      const masks = io.input('pred_masks', ['batch', 1, 4 * g.h, 4 * g.h]);
+      const scores = io.input('object_score_logits', ['batch', 1]);
+      const highRes = upsampleMasks(ops, masks, [g.S, g.S]);
+      const frame: FrameFeatures<typeof feats> = { visionFeats: feats, visionPos: feats, highRes: [feats, feats] };
+      const mem = model.encodeNewMemory(ops, frame, highRes, scores, binarized);
+      io.output('maskmem_features', mem.features);
+      io.output('maskmem_pos_enc', mem.posEnc);
+    },
+  };
+}
+
+/**
+ * Memory attention over a memory bank of `num_memories` spatial memories and `num_obj_ptrs`
+ * object pointers, both dynamic. The bank is assembled as `SAM2Base.conditionOnMemory` does,
+ * from tensors rather than per-entry JS values: the temporal-position embedding of each memory
+ * is picked by a one-hot row (`memory_tpos`, exact), and the pointers' 1-D sine encoding is
+ * computed in the graph from their normalized temporal distance (`obj_ptr_tpos` = tDiff / tDiffMax).
+ * Batch 1 (the propagation loop tracks one object).
+ */
+export function memoryAttentionGraph(model: SAM2Base): GraphDef {
+  const c = model.config;
+  const { h, C, Cm } = geometry(c);
+  const hw = h * h;
+  const usePtrs = c.use_obj_ptrs_in_encoder;
+  return {
+    name: 'memory_attention',
+    symbols: usePtrs ? { num_memories: 2, num_obj_ptrs: 2 } : { num_memories: 2 },
+    build(ops, io) {
+      const feats = toNhwc(ops, io.input('vision_feats', [1, C, h, h]));
+      const memFeats = io.input('memory', ['num_memories', h, h, Cm]);
+      const memPosEnc = io.input('memory_pos_enc', ['num_memories', h, h, Cm]);
+      const memTpos = io.input('memory_tpos', ['num_memories', c.num_maskmem]);
+      const curr = ops.reshape(feats, [1, hw, C]);
+      const currPos = ops.reshape(model.imageEncoder.neck.positionEncoding.forward(ops, h, h), [1, hw, C]);
+      // spatial memories: pos + maskmem_tpos_enc[num_maskmem - tPos - 1]
+      const tposTable = ops.reshape(ops.param('maskmem_tpos_enc'), [c.num_maskmem, Cm]);
+      const tpos = ops.reshape(ops.matMul(memTpos, tposTable), [-1, 1, 1, Cm]);
+      const tokens = [ops.reshape(memFeats, [1, -1, Cm])];
+      const tokenPos = [ops.reshape(ops.add(memPosEnc, tpos), [1, -1, Cm])];
+      let numObjPtrTokens = 0;
+      if (usePtrs) {
+        const ptrs = io.input('obj_ptrs', ['num_obj_ptrs', C]);
+        const ptrT = io.input('obj_ptr_tpos', ['num_obj_ptrs', 1]);
+        const p = ops.shape(ptrs)[0];
+        let ptrPos: typeof ptrs;
+        if (c.add_tpos_enc_to_obj_ptrs) {
+          const tposDim = c.proj_tpos_enc_in_obj_ptrs ? C : Cm;
+          const pe = sine1dPositionGraph(ops, ptrT, tposDim);
+          ptrPos = c.proj_tpos_enc_in_obj_ptrs ? ops.linear(pe, ops.param('obj_ptr_tpos_proj.weight'), ops.param('obj_ptr_tpos_proj.bias')) : pe;
+        } else {
+          ptrPos = ops.mul(ops.tile(ops.slice(ptrs, [0, 0], [-1, 1]), [1, Cm]), 0);
+        }
+        let ptrTokens = ops.reshape(ptrs, [1, p, C]);
+        if (Cm < C) {
+          // each pointer becomes C / Cm tokens of Cm channels, pointer-major (the official split)
+          const k = C / Cm;
+          ptrTokens = ops.reshape(ptrTokens, [1, p * k, Cm]);
+          ptrPos = ops.reshape(ops.tile(ops.reshape(ptrPos, [p, 1, Cm]), [1, k, 1]), [p * k, Cm]);
+        }
+        numObjPtrTokens = ops.shape(ptrTokens)[1];
+        tokens.push(ptrTokens);
+        tokenPos.push(ops.reshape(ptrPos, [1, numObjPtrTokens, Cm]));
+      }
+      const out = model.memoryAttention.forward(ops, {
+        curr,
+        currPos,
+        memory: tokens.length === 1 ? tokens[0] : ops.concat(tokens, 1),
+        memoryPos: tokenPos.length === 1 ? tokenPos[0] : ops.concat(tokenPos, 1),
+        numObjPtrTokens,
+      });
+      io.output('pix_feat', toNchw(ops, ops.reshape(out, [1, h, h, C])));
+    },
+  };
+}
+
+/**
+ * `get_1d_sine_pe` of positions held in a (P, 1) tensor: [sin(p / t_i), cos(p / t_i)], with the
+ * same float32 t_i as `sine1dPositionTable` (sam2.ts) uses for JS positions.
+ */
+function sine1dPositionGraph<T>(ops: Ops<T>, pos: T, dim: number, temperature = 10000): T {
+  const half = dim / 2;
+  const dimT = new Float32Array(half);
+  for (let i = 0; i < half; i++) dimT[i] = Math.fround(temperature ** Math.fround((2 * Math.floor(i / 2)) / half));
+  const a = ops.div(pos, ops.constant(dimT, [1, half]));
+  return ops.concat([ops.sin(a), ops.cos(a)], 1);
+}
+
+/** Every graph of an export, keyed like GRAPH_FILES. */
+export function allGraphs(model: SAM2Base): Record<GraphKey, GraphDef> {
+  return {
+    imageEncoder: imageEncoderGraph(model),
+    maskDecoder: maskDecoderGraph(model),
+    samHeads: samHeadsGraph(model),
+    maskAsOutput: maskAsOutputGraph(model),
+    memoryEncoder: memoryEncoderGraph(model, false),
+    memoryEncoderBinarized: memoryEncoderGraph(model, true),
+    memoryAttention: memoryAttentionGraph(model),
+  };
+}

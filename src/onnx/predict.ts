@@ -1,0 +1,188 @@
+/**
+ * Segmentation with an exported folder (onnxruntime-node only, no TensorFlow.js): a 2D image and
+ * a box -> a mask; a volume and a 3D box per label -> a label map, the seed's (MedSAM2) way:
+ * the middle slice of the box is segmented from its 2D box, the mask is propagated forward and
+ * backward through the whole volume by the shared loop (model/video-predictor.ts) running on
+ * the exported memory graphs, the directions are united and the largest 3D component is kept.
+ */
+import { pixelMap, warpImage, IDENTITY } from '../data/transforms.js';
+import type { SliceData } from '../data/sampling.js';
+import { largestComponent, unionMasks, VolumePropagator, type SliceResult } from '../model/video-predictor.js';
+import { OnnxModel, OrtFrameGraphs, predictBox } from './runtime.js';
+
+/** Gray or RGB pixels scaled to [0, 1]: (H, W[, C]) for an image, (D, H, W[, C]) for a volume. */
+export interface Pixels01 {
+  data: Float32Array;
+  depth: number;
+  height: number;
+  width: number;
+  channels: 1 | 3;
+}
+
+export type Box2D = [number, number, number, number];
+export type Box3D = [number, number, number, number, number, number];
+
+/**
+ * Scale intensities to [0, 1]: uint8 by 1/255; anything else by a window (center, width) when
+ * given, else by its 0.5 and 99.5 percentiles (MedSAM's normalization for non-CT images).
+ */
+export function to01(data: ArrayLike<number>, kind: 'uint8' | 'other', window?: [number, number]): Float32Array {
+  const out = new Float32Array(data.length);
+  if (kind === 'uint8' && !window) {
+    for (let i = 0; i < out.length; i++) out[i] = data[i] / 255;
+    return out;
+  }
+  let lo: number;
+  let hi: number;
+  if (window) {
+    lo = window[0] - window[1] / 2;
+    hi = window[0] + window[1] / 2;
+  } else {
+    const step = Math.max(1, Math.floor(data.length / 1_000_000));
+    const sample: number[] = [];
+    for (let i = 0; i < data.length; i += step) if (Number.isFinite(data[i])) sample.push(data[i]);
+    sample.sort((a, b) => a - b);
+    lo = sample[Math.floor(0.005 * (sample.length - 1))] ?? 0;
+    hi = sample[Math.ceil(0.995 * (sample.length - 1))] ?? 1;
+  }
+  const range = hi > lo ? hi - lo : 1;
+  for (let i = 0; i < out.length; i++) {
+    const v = (data[i] - lo) / range;
+    out[i] = v < 0 ? 0 : v > 1 ? 1 : Number.isNaN(v) ? 0 : v;
+  }
+  return out;
+}
+
+/** One slice (H, W[, C]) in [0, 1] -> the (S, S, 3) normalized model input (the training resize). */
+export function sliceToModelInput(slice: Float32Array, height: number, width: number, channels: 1 | 3, S: number): Float32Array {
+  const src: SliceData = {
+    image: slice,
+    imageScale: 1,
+    width,
+    height,
+    channels,
+    labels: new Uint8Array(0),
+    labelWidth: 0,
+    labelHeight: 0,
+    labelBoxes: new Map(),
+  };
+  const out = new Float32Array(S * S * 3);
+  warpImage(src, S, pixelMap(width, height, S, IDENTITY), out, 0);
+  return out;
+}
+
+/** Throws a message naming the problem when a box does not lie inside the image or volume. */
+export function checkBox(box: number[], dims: { depth?: number; height: number; width: number }, what = 'box'): void {
+  const is3d = box.length === 6;
+  const [x0, y0, x1, y1] = is3d ? [box[0], box[1], box[3], box[4]] : box;
+  const fmt = `[${box.join(', ')}]`;
+  if (box.some((v) => !Number.isFinite(v))) throw new Error(`${what} ${fmt}: not a list of numbers`);
+  if (x0 < 0 || y0 < 0 || x1 > dims.width || y1 > dims.height) {
+    throw new Error(`${what} ${fmt} lies outside the ${dims.width}x${dims.height} image (x in 0..${dims.width}, y in 0..${dims.height})`);
+  }
+  if (x1 < x0 || y1 < y0) throw new Error(`${what} ${fmt}: needs x0 <= x1 and y0 <= y1`);
+  if (is3d) {
+    const [z0, z1] = [box[2], box[5]];
+    const d = dims.depth ?? 1;
+    if (!Number.isInteger(z0) || !Number.isInteger(z1) || z0 < 0 || z1 > d - 1 || z1 < z0) {
+      throw new Error(`${what} ${fmt}: slices z0..z1 must be integers within 0..${d - 1} with z0 <= z1`);
+    }
+  }
+}
+
+/** 2D: one image, one box (image pixels) -> a binary mask (H * W, 1 = object) and the mask's scores. */
+export async function segmentImage(
+  model: OnnxModel,
+  image: Pixels01,
+  box: Box2D,
+  opts: { multimask?: boolean } = {},
+): Promise<{ mask: Uint8Array; iou: number; objectScore: number }> {
+  checkBox(box, image);
+  const input = sliceToModelInput(image.data, image.height, image.width, image.channels, model.geometry.S);
+  const r = await predictBox(model, input, image, box, opts.multimask);
+  const mask = new Uint8Array(r.logits.length);
+  for (let i = 0; i < mask.length; i++) mask[i] = r.logits[i] > 0 ? 1 : 0;
+  return { mask, iou: r.iou, objectScore: r.objectScore };
+}
+
+export interface VolumeTarget {
+  label: number;
+  box: Box3D;
+}
+
+export interface VolumeProgress {
+  label: number;
+  slice: SliceResult;
+}
+
+/**
+ * 3D: a volume and a 3D box (x0, y0, z0, x1, y1, z1; slice pixels, slice indices inclusive) per
+ * label -> a (D, H, W) label map. Labels are written in the given order (a later one wins where
+ * they overlap).
+ */
+export async function segmentVolume(
+  model: OnnxModel,
+  volume: Pixels01,
+  targets: VolumeTarget[],
+  opts: { onSlice?: (p: VolumeProgress) => void } = {},
+): Promise<Uint8Array | Uint16Array> {
+  const { depth: D, height: H, width: W, channels } = volume;
+  for (const t of targets) checkBox(t.box, volume, `label ${t.label} box`);
+  const S = model.geometry.S;
+  const n = H * W * channels;
+  // model inputs are made once per slice and reused by every label and both directions
+  const inputs = new Map<number, Float32Array>();
+  const source = {
+    numFrames: D,
+    height: H,
+    width: W,
+    image: (i: number) => {
+      let x = inputs.get(i);
+      if (!x) {
+        x = sliceToModelInput(volume.data.subarray(i * n, (i + 1) * n), H, W, channels, S);
+        inputs.set(i, x);
+      }
+      return x;
+    },
+  };
+  const propagator = new VolumePropagator(new OrtFrameGraphs(model));
+  const maxLabel = Math.max(0, ...targets.map((t) => t.label));
+  const out = maxLabel > 255 ? new Uint16Array(D * H * W) : new Uint8Array(D * H * W);
+  for (const t of targets) {
+    const [x0, y0, z0, x1, y1, z1] = t.box;
+    const key = Math.floor((z0 + z1) / 2);
+    const results = await propagator.propagate(source, { frameIdx: key, box: [x0, y0, x1, y1] }, { onSlice: (slice) => opts.onSlice?.({ label: t.label, slice }) });
+    const seg = largestComponent(unionMasks(results, D, H, W), D, H, W);
+    for (let i = 0; i < seg.length; i++) if (seg[i]) out[i] = t.label;
+  }
+  return out;
+}
+
+/**
+ * The challenges' prompts from a ground-truth label map: per label its bounding box over all
+ * voxels (3D: x0, y0, z0, x1, y1, z1 with inclusive indices; 2D: x0, y0, x1, y1).
+ */
+export function boxesFromLabels(labels: ArrayLike<number>, depth: number, height: number, width: number): Array<{ label: number; box: number[] }> {
+  const boxes = new Map<number, number[]>();
+  for (let z = 0; z < depth; z++) {
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        const l = labels[(z * height + y) * width + x];
+        if (!l) continue;
+        const b = boxes.get(l);
+        if (!b) boxes.set(l, [x, y, z, x, y, z]);
+        else {
+          b[0] = Math.min(b[0], x);
+          b[1] = Math.min(b[1], y);
+          b[2] = Math.min(b[2], z);
+          b[3] = Math.max(b[3], x);
+          b[4] = Math.max(b[4], y);
+          b[5] = Math.max(b[5], z);
+        }
+      }
+    }
+  }
+  return [...boxes.entries()]
+    .sort((a, b) => a[0] - b[0])
+    .map(([label, b]) => ({ label, box: depth === 1 ? [b[0], b[1], b[3], b[4]] : b }));
+}
