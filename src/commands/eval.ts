@@ -1,0 +1,73 @@
+/** `medtune eval`: DSC and NSD of predicted label maps against ground truth (challenge npz convention). */
+import type { Argv, CommandModule } from 'yargs';
+
+interface EvalArgs {
+  pred: string;
+  gt: string;
+  'tolerance-mm': number;
+  json: boolean;
+  csv?: string;
+  'spacing-order': 'xyz' | 'zyx';
+  'nsd-2d': 'slab' | 'contour';
+  labels: 'gt' | 'union';
+}
+
+export const evalCommand: CommandModule<object, EvalArgs> = {
+  command: 'eval',
+  describe: 'Score predictions against ground truth: DSC and NSD per case and label, and their means',
+  builder: (y: Argv<object>) =>
+    y
+      .option('pred', { type: 'string', demandOption: true, describe: 'directory of prediction npz files holding `segs`' })
+      .option('gt', {
+        type: 'string',
+        demandOption: true,
+        describe: 'directory of ground-truth npz files of the same names holding `gts` and `spacing`',
+      })
+      .option('tolerance-mm', { type: 'number', default: 2, describe: 'NSD tolerance in mm' })
+      .option('json', {
+        type: 'boolean',
+        default: false,
+        describe: 'print {"cases":[{"case","label","dsc","nsd"}],"mean":{"dsc","nsd"}} instead of a table',
+      })
+      .option('csv', { type: 'string', describe: 'also write the rows (and a mean row) to this CSV file' })
+      .option('spacing-order', {
+        choices: ['xyz', 'zyx'] as const,
+        default: 'xyz' as const,
+        describe:
+          'order of the stored `spacing`: xyz = SimpleITK (x,y,z) for (z,y,x) arrays, as the challenge data and `medtune prepare` store it; ' +
+          'zyx = already in array-axis order (use it to reproduce the challenge scripts, which apply the stored values unreversed)',
+      })
+      .option('nsd-2d', {
+        choices: ['slab', 'contour'] as const,
+        default: 'slab' as const,
+        describe: '2D cases: slab = as the challenge scripts, an (H,W,1) volume with 1 mm spacing; contour = 2D contour NSD',
+      })
+      .option('labels', {
+        choices: ['gt', 'union'] as const,
+        default: 'gt' as const,
+        describe: 'labels scored: those in the ground truth (challenge), or also those only in the prediction (scored 0)',
+      }) as unknown as Argv<EvalArgs>,
+  handler: async (argv) => {
+    const { evaluateDirs, reportCsv, reportJson, reportTable } = await import('../eval/evaluate.js');
+    const { writeFileSync } = await import('node:fs');
+    // Prediction-first evaluation from an ONNX export plugs in here through
+    // `evaluateWithPredictor(gtDir, predict, options)` in src/eval/evaluate.ts.
+    const report = evaluateDirs(
+      argv.pred,
+      argv.gt,
+      {
+        toleranceMm: argv['tolerance-mm'],
+        spacingOrder: argv['spacing-order'],
+        nsd2d: argv['nsd-2d'],
+        labels: argv.labels,
+      },
+      argv.json ? undefined : (name, rows) => {
+        const mean = (k: 'dsc' | 'nsd') => rows.reduce((a, r) => a + r[k], 0) / rows.length;
+        process.stderr.write(`${name}: ${rows.length} label(s), DSC ${mean('dsc').toFixed(4)}, NSD ${mean('nsd').toFixed(4)}\n`);
+      },
+    );
+    for (const w of report.warnings) process.stderr.write(`warning: ${w}\n`);
+    if (argv.csv) writeFileSync(argv.csv, reportCsv(report));
+    process.stdout.write(`${argv.json ? reportJson(report) : reportTable(report)}\n`);
+  },
+};

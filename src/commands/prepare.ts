@@ -1,0 +1,246 @@
+/**
+ * `medtune prepare`: NIfTI volumes (+ label maps) -> npz files in the medical segmentation
+ * challenge format: `imgs` uint8 (D, H, W), `gts` uint8 (D, H, W), `spacing` float64 (x, y, z),
+ * `direction` float64 (9,) and `origin` float64 (3,) (SimpleITK / LPS conventions, see
+ * src/data/nifti.ts).
+ */
+import type { Argv, CommandModule } from 'yargs';
+import type { NiftiVolume } from '../data/nifti.js';
+import type { CtWindow } from '../data/intensity.js';
+
+export type Modality = 'CT' | 'MR' | 'PET';
+
+export interface PrepareOptions {
+  modality: Modality;
+  /** CT only; default soft tissue (W400 L40) */
+  window?: CtWindow;
+  /** keep only the slices from the first to the last one with a label, plus `margin` on each side */
+  cropToLabels?: boolean;
+  margin?: number;
+}
+
+export interface PreparedCase {
+  imgs: Uint8Array;
+  gts?: Uint8Array;
+  shape: [number, number, number];
+  spacing: [number, number, number];
+  direction: number[];
+  origin: [number, number, number];
+  labels: number[];
+  /** first slice kept (0 unless cropped) */
+  zStart: number;
+}
+
+function labelData(label: NiftiVolume, scaled: ArrayLike<number>): Uint8Array {
+  const out = new Uint8Array(scaled.length);
+  for (let i = 0; i < scaled.length; i++) {
+    const v = scaled[i];
+    const r = Math.round(v);
+    if (!(Math.abs(v - r) <= 1e-3) || r < 0 || r > 255) {
+      throw new Error(`${label.source}: label value ${v} at voxel ${i} is not an integer in 0..255`);
+    }
+    out[i] = r;
+  }
+  return out;
+}
+
+/** Normalize one image (and its label map) into challenge arrays. */
+export async function prepareCase(image: NiftiVolume, label: NiftiVolume | undefined, opts: PrepareOptions): Promise<PreparedCase> {
+  const { scaledData } = await import('../data/nifti.js');
+  const { percentileToUint8, windowToUint8, CT_WINDOW_PRESETS } = await import('../data/intensity.js');
+  if (label) {
+    const a = image.shape;
+    const b = label.shape;
+    if (a[0] !== b[0] || a[1] !== b[1] || a[2] !== b[2]) {
+      throw new Error(`${label.source}: label shape (${b.join(', ')}) does not match image ${image.source} (${a.join(', ')})`);
+    }
+  }
+  const values = scaledData(image);
+  let imgs: Uint8Array;
+  if (opts.modality === 'CT') {
+    imgs = windowToUint8(values, opts.window ?? CT_WINDOW_PRESETS['soft-tissue']);
+  } else {
+    if (opts.window) throw new Error(`--window applies to CT only; ${opts.modality} uses percentile clipping`);
+    imgs = percentileToUint8(values, 0.5, 99.5, image.source).data;
+  }
+  let gts = label ? labelData(label, scaledData(label)) : undefined;
+  let shape = image.shape.slice() as [number, number, number];
+  const g = image.geometry;
+  let origin = g.origin.slice() as [number, number, number];
+  let zStart = 0;
+  if (opts.cropToLabels && gts) {
+    const slice = shape[1] * shape[2];
+    let first = -1;
+    let last = -1;
+    for (let z = 0; z < shape[0]; z++) {
+      const s = gts.subarray(z * slice, (z + 1) * slice);
+      if (s.some((v) => v !== 0)) {
+        if (first < 0) first = z;
+        last = z;
+      }
+    }
+    if (first < 0) throw new Error(`${label!.source}: empty label map, nothing to crop to`);
+    const m = opts.margin ?? 0;
+    zStart = Math.max(0, first - m);
+    const zEnd = Math.min(shape[0] - 1, last + m);
+    imgs = imgs.slice(zStart * slice, (zEnd + 1) * slice);
+    gts = gts.slice(zStart * slice, (zEnd + 1) * slice);
+    shape = [zEnd - zStart + 1, shape[1], shape[2]];
+    // the new first slice sits zStart steps along the z index direction
+    origin = [0, 1, 2].map((i) => g.origin[i] + g.direction[i * 3 + 2] * g.spacing[2] * zStart) as [number, number, number];
+  }
+  const labels: number[] = [];
+  if (gts) {
+    const seen = new Uint8Array(256);
+    for (let i = 0; i < gts.length; i++) seen[gts[i]] = 1;
+    for (let v = 1; v < 256; v++) if (seen[v]) labels.push(v);
+  }
+  return { imgs, gts, shape, spacing: g.spacing.slice() as [number, number, number], direction: g.direction.slice(), origin, labels, zStart };
+}
+
+/** The npz bytes of a prepared case (deflate-compressed, like numpy's savez_compressed). */
+export async function encodePreparedCase(c: PreparedCase): Promise<Uint8Array> {
+  const { encodeNpz } = await import('../io/npz.js');
+  const arrays: Parameters<typeof encodeNpz>[0] = {
+    imgs: { data: c.imgs, shape: c.shape },
+  };
+  if (c.gts) arrays.gts = { data: c.gts, shape: c.shape };
+  arrays.spacing = { data: Float64Array.from(c.spacing), shape: [3] };
+  arrays.direction = { data: Float64Array.from(c.direction), shape: [9] };
+  arrays.origin = { data: Float64Array.from(c.origin), shape: [3] };
+  return encodeNpz(arrays, true);
+}
+
+const NIFTI_RE = /\.nii(\.gz)?$/i;
+
+export function niftiBase(name: string): string {
+  return name.replace(NIFTI_RE, '');
+}
+
+export interface PairedFile {
+  name: string;
+  image: string;
+  label?: string;
+}
+
+/**
+ * Pair images with label maps: same base name, or the image carrying nnU-Net's channel suffix
+ * `_0000` (case_0000.nii.gz <-> case.nii.gz). The output is named after the label (or image) base.
+ */
+export function pairFiles(imageNames: string[], labelNames: string[] | undefined): { pairs: PairedFile[]; unpairedImages: string[] } {
+  const images = imageNames.filter((f) => NIFTI_RE.test(f)).sort();
+  if (!labelNames) return { pairs: images.map((f) => ({ name: niftiBase(f).replace(/_0000$/, ''), image: f })), unpairedImages: [] };
+  const byBase = new Map(images.map((f) => [niftiBase(f), f]));
+  const used = new Set<string>();
+  const pairs: PairedFile[] = [];
+  for (const l of labelNames.filter((f) => NIFTI_RE.test(f)).sort()) {
+    const base = niftiBase(l);
+    const image = byBase.get(base) ?? byBase.get(`${base}_0000`);
+    if (!image) throw new Error(`${l}: no image for this label map (looked for ${base}.nii[.gz] and ${base}_0000.nii[.gz])`);
+    used.add(image);
+    pairs.push({ name: base, image, label: l });
+  }
+  return { pairs, unpairedImages: images.filter((f) => !used.has(f)) };
+}
+
+export interface PrepareDirOptions extends PrepareOptions {
+  images: string;
+  labels?: string;
+  out: string;
+  log?: (line: string) => void;
+}
+
+/** Convert every (image, label) pair of two directories; returns the npz paths written. */
+export async function prepareDirectories(o: PrepareDirOptions): Promise<string[]> {
+  const { existsSync, mkdirSync, readdirSync, statSync, writeFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { readNifti } = await import('../data/nifti.js');
+  const log = o.log ?? (() => {});
+  const listDir = (dir: string, what: string) => {
+    if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Error(`${what} directory not found: ${dir}`);
+    return readdirSync(dir);
+  };
+  const { pairs, unpairedImages } = pairFiles(listDir(o.images, 'images'), o.labels ? listDir(o.labels, 'labels') : undefined);
+  if (pairs.length === 0) throw new Error(`no NIfTI (.nii / .nii.gz) ${o.labels ? 'label maps' : 'images'} found in ${o.labels ?? o.images}`);
+  for (const f of unpairedImages) log(`warning: ${join(o.images, f)} has no label map; skipped`);
+  mkdirSync(o.out, { recursive: true });
+  const written: string[] = [];
+  for (const p of pairs) {
+    const image = readNifti(join(o.images, p.image));
+    const label = p.label ? readNifti(join(o.labels!, p.label)) : undefined;
+    if (label) {
+      const a = image.geometry.spacing;
+      const b = label.geometry.spacing;
+      if (a.some((s, i) => Math.abs(s - b[i]) > 1e-4 * Math.max(1, s))) {
+        log(`warning: ${label.source}: spacing (${b.join(', ')}) differs from the image's (${a.join(', ')}); the image's is kept`);
+      }
+    }
+    const c = await prepareCase(image, label, o);
+    const outPath = join(o.out, `${p.name}.npz`);
+    writeFileSync(outPath, await encodePreparedCase(c));
+    written.push(outPath);
+    const crop = o.cropToLabels ? `, slices ${c.zStart}..${c.zStart + c.shape[0] - 1} of ${image.shape[0]}` : '';
+    const lab = c.gts ? `, labels ${c.labels.length ? c.labels.join(' ') : 'none'}` : '';
+    log(`${outPath}: (${c.shape.join(', ')}), spacing ${c.spacing.map((s) => +s.toFixed(4)).join(' x ')} mm${lab}${crop}`);
+  }
+  return written;
+}
+
+interface PrepareArgs {
+  images: string;
+  labels?: string;
+  modality: string;
+  window?: string;
+  out: string;
+  'crop-to-labels': boolean;
+  margin: number;
+}
+
+export const prepareCommand: CommandModule<object, PrepareArgs> = {
+  command: 'prepare',
+  describe: 'Convert NIfTI volumes and label maps into challenge-format npz files (imgs/gts uint8, spacing)',
+  builder: (y: Argv<object>) =>
+    y
+      .option('images', { type: 'string', demandOption: true, describe: 'directory of .nii / .nii.gz images' })
+      .option('labels', {
+        type: 'string',
+        describe: 'directory of label maps, paired by name (case.nii.gz with case.nii.gz or case_0000.nii.gz); without it, images only',
+      })
+      .option('modality', {
+        type: 'string',
+        demandOption: true,
+        describe: 'CT (window), MR or PET (0.5-99.5 percentile clipping of the positive voxels)',
+      })
+      .option('window', {
+        type: 'string',
+        describe: 'CT window: WIDTH,LEVEL (e.g. 400,40) or soft-tissue (W400 L40, default), lung (W1500 L-600), bone (W1800 L400), brain (W80 L40)',
+      })
+      .option('out', { type: 'string', demandOption: true, describe: 'output directory for the npz files' })
+      .option('crop-to-labels', {
+        type: 'boolean',
+        default: false,
+        describe: 'keep only the slices from the first to the last labeled one (as the challenge data are cropped)',
+      })
+      .option('margin', { type: 'number', default: 0, describe: 'with --crop-to-labels: extra slices kept on each side' }) as unknown as Argv<PrepareArgs>,
+  handler: async (argv) => {
+    const modality = argv.modality.toUpperCase();
+    if (modality !== 'CT' && modality !== 'MR' && modality !== 'PET') {
+      throw new Error(`--modality must be CT, MR or PET, got "${argv.modality}"`);
+    }
+    const { parseWindow } = await import('../data/intensity.js');
+    if (argv.window !== undefined && modality !== 'CT') throw new Error(`--window applies to CT only, not ${modality}`);
+    const window = argv.window !== undefined ? parseWindow(String(argv.window)) : undefined;
+    if (!Number.isInteger(argv.margin) || argv.margin < 0) throw new Error(`--margin must be a non-negative integer, got ${argv.margin}`);
+    const written = await prepareDirectories({
+      images: argv.images,
+      labels: argv.labels,
+      out: argv.out,
+      modality,
+      window,
+      cropToLabels: argv['crop-to-labels'],
+      margin: argv.margin,
+      log: (line) => process.stderr.write(`${line}\n`),
+    });
+    process.stdout.write(`wrote ${written.length} npz file(s) to ${argv.out}\n`);
+  },
+};
