@@ -1,0 +1,83 @@
+/**
+ * `medtune train --config <yaml> [--out <run-dir>] [--set key=value ...] [--resume auto|<checkpoint>]`:
+ * fine-tune SAM2 from a YAML run config (see configs/ and src/train/config.ts).
+ */
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import type { CommandModule } from 'yargs';
+
+interface TrainArgs {
+  config?: string;
+  out?: string;
+  set?: string[];
+  resume?: string;
+  progress?: boolean;
+}
+
+/** Where the run lives: --out, else the resumed checkpoint's run, else runs/<name>. */
+function runDirFor(args: TrainArgs, name: string): string {
+  if (args.out) return resolve(args.out);
+  if (args.resume && args.resume !== 'auto') {
+    const ckpt = resolve(args.resume);
+    if (dirname(ckpt).endsWith('checkpoints')) return dirname(dirname(ckpt));
+  }
+  return resolve('runs', name);
+}
+
+export const trainCommand: CommandModule<object, TrainArgs> = {
+  command: 'train',
+  describe: 'Fine-tune SAM2 on 2D slices with box prompts, from a YAML run config',
+  builder: (y) =>
+    y
+      .option('config', { type: 'string', describe: 'run config (YAML); optional when resuming (the run keeps its own)' })
+      .option('out', { type: 'string', describe: 'run directory (default: runs/<name>)' })
+      .option('set', {
+        type: 'string',
+        array: true,
+        describe: 'override a config key, e.g. --set train.max_steps=20 (repeatable)',
+      })
+      .option('resume', {
+        type: 'string',
+        describe: "'auto' to continue from <run-dir>/checkpoints/latest, or a checkpoint directory",
+      })
+      .option('progress', { type: 'boolean', describe: 'progress bar (default: when the output is a terminal)' })
+      .example('$0 train --config configs/demo.yaml', 'the demo: minutes on CPU')
+      .example('$0 train --config configs/sam2.1-tiny-512.yaml --set train.max_steps=20 --out runs/try', 'a short run')
+      .example('$0 train --config configs/demo.yaml --resume auto', 'continue an interrupted run'),
+  handler: async (args) => {
+    const { loadConfig, readResolvedConfig, ConfigError } = await import('../train/config.js');
+    let config;
+    if (args.config) {
+      config = loadConfig(args.config, { overrides: args.set });
+    } else {
+      if (!args.resume) throw new Error('name a run config with --config (or --resume a run to continue it)');
+      const from = args.resume === 'auto' ? (args.out ? join(resolve(args.out), 'config.yaml') : undefined) : join(resolve(args.resume), 'config.yaml');
+      if (!from || !existsSync(from)) {
+        throw new Error(args.resume === 'auto' ? '--resume auto without --config needs --out <run-dir>' : `${args.resume}: not a checkpoint directory (no config.yaml)`);
+      }
+      config = readResolvedConfig(from);
+      if (args.set?.length) throw new ConfigError('--set needs --config (the overrides apply to a config file)');
+    }
+    const runDir = runDirFor(args, config.name);
+    const { findCheckpoint } = await import('../train/checkpoint.js');
+    if (!args.resume && findCheckpoint(runDir)) {
+      throw new Error(`${runDir} already holds checkpoints: add --resume auto to continue that run, or --out <dir> for a new one`);
+    }
+    const { train } = await import('../train/train.js');
+    console.log(`run directory: ${runDir}`);
+    const result = await train({ config, runDir, resume: args.resume, progress: args.progress });
+    const last = result.losses.at(-1);
+    const lastVal = result.valDice.at(-1);
+    console.log(
+      [
+        `${result.interrupted ? 'stopped' : 'done'} at step ${result.step}/${config.train.max_steps}` +
+          (last !== undefined ? `, last loss ${last.toFixed(4)}` : ''),
+        lastVal ? `val Dice ${lastVal.dice.toFixed(4)} (best ${result.bestValDice?.toFixed(4)})` : '',
+        `checkpoints: ${join(runDir, 'checkpoints')}/{latest,best,step-*}`,
+        `metrics: ${join(runDir, 'metrics.jsonl')}, TensorBoard: tensorboard --logdir ${join(runDir, 'tensorboard')}`,
+      ]
+        .filter(Boolean)
+        .join('\n'),
+    );
+  },
+};

@@ -1,0 +1,218 @@
+/**
+ * AdamW with PyTorch's semantics (`torch.optim.AdamW`, single-tensor path): decoupled weight
+ * decay `p *= 1 - lr * wd`, bias-corrected moments, eps added outside the square root.
+ * Parameters without a gradient are left alone (no decay, no state); a zero gradient is a
+ * gradient and still decays. Hyper-parameters come per parameter group.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { HostTensor, StateDict } from '../io/safetensors.js';
+
+export interface ParamGroup {
+  name: string;
+  lr: number;
+  weightDecay: number;
+  keys: string[];
+}
+
+export interface AdamWState {
+  /** per-parameter step counts, as PyTorch keeps them */
+  steps: Record<string, number>;
+  expAvg: StateDict;
+  expAvgSq: StateDict;
+}
+
+export class AdamW {
+  private readonly groupOf = new Map<string, ParamGroup>();
+  private readonly steps = new Map<string, number>();
+  private readonly expAvg = new Map<string, tf.Tensor>();
+  private readonly expAvgSq = new Map<string, tf.Tensor>();
+
+  constructor(
+    private readonly params: ReadonlyMap<string, tf.Variable>,
+    readonly groups: ParamGroup[],
+    private readonly betas: [number, number] = [0.9, 0.999],
+    private readonly eps = 1e-8,
+  ) {
+    for (const g of groups) {
+      for (const k of g.keys) {
+        if (!params.has(k)) throw new Error(`optimizer group '${g.name}': no trainable parameter '${k}'`);
+        if (this.groupOf.has(k)) throw new Error(`parameter '${k}' is in two optimizer groups`);
+        this.groupOf.set(k, g);
+      }
+    }
+    for (const k of params.keys()) if (!this.groupOf.has(k)) throw new Error(`trainable parameter '${k}' is in no optimizer group`);
+  }
+
+  /** One update from `grads` (parameter key -> gradient); `lrScale` multiplies every group's lr (the schedule). */
+  step(grads: ReadonlyMap<string, tf.Tensor>, lrScale = 1): void {
+    const [beta1, beta2] = this.betas;
+    for (const [key, grad] of grads) {
+      const param = this.params.get(key);
+      const group = this.groupOf.get(key);
+      if (!param || !group) throw new Error(`gradient for '${key}', which is not a trainable parameter`);
+      const lr = group.lr * lrScale;
+      const step = (this.steps.get(key) ?? 0) + 1;
+      const m0 = this.expAvg.get(key);
+      const v0 = this.expAvgSq.get(key);
+      const biasCorrection1 = 1 - beta1 ** step;
+      const biasCorrection2Sqrt = Math.sqrt(1 - beta2 ** step);
+      const stepSize = lr / biasCorrection1;
+      const [m, v, p] = tf.tidy(() => {
+        const decayed = group.weightDecay !== 0 ? tf.mul(param, 1 - lr * group.weightDecay) : param;
+        // exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        const m = m0 ? tf.add(m0, tf.mul(tf.sub(grad, m0), 1 - beta1)) : tf.mul(grad, 1 - beta1);
+        const gg = tf.mul(tf.mul(grad, 1 - beta2), grad);
+        const v = v0 ? tf.add(tf.mul(v0, beta2), gg) : gg;
+        const denom = tf.add(tf.div(tf.sqrt(v), biasCorrection2Sqrt), this.eps);
+        const p = tf.add(decayed, tf.mul(tf.div(m, denom), -stepSize));
+        return [m, v, p];
+      });
+      param.assign(p);
+      p.dispose();
+      m0?.dispose();
+      v0?.dispose();
+      this.expAvg.set(key, m);
+      this.expAvgSq.set(key, v);
+      this.steps.set(key, step);
+    }
+  }
+
+  exportState(): AdamWState {
+    const host = (t: tf.Tensor): HostTensor => ({ data: t.dataSync() as Float32Array, shape: t.shape });
+    return {
+      steps: Object.fromEntries(this.steps),
+      expAvg: new Map([...this.expAvg].map(([k, t]) => [k, host(t)])),
+      expAvgSq: new Map([...this.expAvgSq].map(([k, t]) => [k, host(t)])),
+    };
+  }
+
+  loadState(state: AdamWState): void {
+    this.disposeState();
+    for (const [key, step] of Object.entries(state.steps)) {
+      const m = state.expAvg.get(key);
+      const v = state.expAvgSq.get(key);
+      const param = this.params.get(key);
+      if (!param) throw new Error(`optimizer state for '${key}', which is not a trainable parameter`);
+      if (!m || !v) throw new Error(`optimizer state for '${key}' lacks its moments`);
+      if (m.shape.join() !== param.shape.join() || v.shape.join() !== param.shape.join()) {
+        throw new Error(`optimizer state for '${key}' has shape [${m.shape}], the parameter [${param.shape}]`);
+      }
+      this.steps.set(key, step);
+      this.expAvg.set(key, tf.tensor(m.data, m.shape, 'float32'));
+      this.expAvgSq.set(key, tf.tensor(v.data, v.shape, 'float32'));
+    }
+  }
+
+  private disposeState(): void {
+    for (const t of [...this.expAvg.values(), ...this.expAvgSq.values()]) t.dispose();
+    this.expAvg.clear();
+    this.expAvgSq.clear();
+    this.steps.clear();
+  }
+
+  dispose(): void {
+    this.disposeState();
+  }
+}
+
+/**
+ * Scales gradients so their global L2 norm is at most `maxNorm`, as `torch.nn.utils.clip_grad_norm_`
+ * (coefficient max_norm / (norm + 1e-6), clamped to 1). Returns the norm before clipping.
+ * With `maxNorm` undefined or 0 only the norm is computed. The returned map holds new tensors
+ * where clipping applied; the caller disposes the inputs.
+ */
+export function clipGradNorm(
+  grads: ReadonlyMap<string, tf.Tensor>,
+  maxNorm?: number,
+): { grads: Map<string, tf.Tensor>; norm: number } {
+  const normT = tf.tidy(() => tf.sqrt(tf.addN([...grads.values()].map((g) => tf.sum(tf.square(g))))));
+  const norm = normT.dataSync()[0];
+  normT.dispose();
+  const coef = maxNorm ? Math.min(1, maxNorm / (norm + 1e-6)) : 1;
+  if (coef >= 1) return { grads: new Map(grads), norm };
+  return { grads: new Map([...grads].map(([k, g]) => [k, tf.mul(g, coef)])), norm };
+}
+
+export interface GroupOptions {
+  lr: number;
+  /** lr of `image_encoder.*` parameters (default: lr) */
+  imageEncoderLr?: number;
+  weightDecay: number;
+  /** no weight decay on biases and normalization weights (every parameter of rank <= 1) */
+  noDecayBiasNorm?: boolean;
+  /** layer-wise lr decay for the Hiera trunk: block i of N gets lr * decay^(N - i); 1 = off */
+  layerDecay?: number;
+}
+
+/** Whether a parameter is a bias or a normalization weight (rank <= 1 or named `.bias`). */
+export function isBiasOrNorm(key: string, shape: number[]): boolean {
+  return shape.length <= 1 || key.endsWith('.bias');
+}
+
+/**
+ * Depth of a parameter for layer-wise decay: 0 for the trunk's patch and position embeddings,
+ * i + 1 for `image_encoder.trunk.blocks.i`, numBlocks + 1 for everything after the trunk.
+ */
+export function layerId(key: string, numBlocks: number): number {
+  const block = /^image_encoder\.trunk\.blocks\.(\d+)\./.exec(key);
+  if (block) return Number(block[1]) + 1;
+  if (key.startsWith('image_encoder.trunk.')) return 0;
+  return numBlocks + 1;
+}
+
+/** Splits trainable parameters into AdamW groups by lr and weight decay. */
+export function buildParamGroups(params: ReadonlyMap<string, { shape: number[] }>, opts: GroupOptions): ParamGroup[] {
+  const numBlocks = Math.max(
+    0,
+    ...[...params.keys()].map((k) => Number(/^image_encoder\.trunk\.blocks\.(\d+)\./.exec(k)?.[1] ?? -1) + 1),
+  );
+  const groups = new Map<string, ParamGroup>();
+  for (const [key, { shape }] of params) {
+    const encoder = key.startsWith('image_encoder.');
+    let lr = encoder ? (opts.imageEncoderLr ?? opts.lr) : opts.lr;
+    let name = encoder ? 'image_encoder' : 'other';
+    if (opts.layerDecay !== undefined && opts.layerDecay !== 1 && encoder) {
+      const id = layerId(key, numBlocks);
+      lr *= opts.layerDecay ** (numBlocks + 1 - id);
+      name += `.layer${id}`;
+    }
+    const noDecay = opts.noDecayBiasNorm === true && isBiasOrNorm(key, shape);
+    const weightDecay = noDecay ? 0 : opts.weightDecay;
+    if (noDecay) name += '.no_decay';
+    let g = groups.get(name);
+    if (!g) groups.set(name, (g = { name, lr, weightDecay, keys: [] }));
+    g.keys.push(key);
+  }
+  return [...groups.values()];
+}
+
+/** Sums gradients over micro-batches (gradient accumulation); `take` returns their mean. */
+export class GradAccumulator {
+  private sums = new Map<string, tf.Tensor>();
+  private count = 0;
+
+  /** Adds `grads` and disposes them. */
+  add(grads: ReadonlyMap<string, tf.Tensor>): void {
+    for (const [k, g] of grads) {
+      const prev = this.sums.get(k);
+      if (prev) {
+        this.sums.set(k, tf.add(prev, g));
+        prev.dispose();
+        g.dispose();
+      } else {
+        this.sums.set(k, g);
+      }
+    }
+    this.count++;
+  }
+
+  /** The mean gradient over the micro-batches added since the last take; the caller owns it. */
+  take(): Map<string, tf.Tensor> {
+    const n = this.count;
+    const out = n <= 1 ? this.sums : new Map([...this.sums].map(([k, s]) => [k, tf.tidy(() => tf.div(s, n))]));
+    if (n > 1) for (const s of this.sums.values()) s.dispose();
+    this.sums = new Map();
+    this.count = 0;
+    return out;
+  }
+}
