@@ -10,14 +10,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodeNpz, readNpz, type NpyArray } from '../src/io/npz.js';
 import { readSafetensors, type StateDict } from '../src/io/safetensors.js';
 import { resolveModelConfig, type Sam2Config } from '../src/model/config.js';
-import { grayToModelInput, VolumePropagator } from '../src/model/video-predictor.js';
 import { runExport } from '../src/commands/export.js';
 import { loadInput, runPredict } from '../src/commands/predict.js';
 import { exportGraphs, MANIFEST_FILE } from '../src/onnx/export.js';
 import { GRAPH_FILES } from '../src/onnx/graphs.js';
 import { relativeError, runParity, type ParityReport } from '../src/onnx/parity.js';
-import { boxesFromLabels } from '../src/onnx/predict.js';
-import { OnnxModel, OrtFrameGraphs, runSession } from '../src/onnx/runtime.js';
+import { boxesFromLabels, predictCase } from '../src/onnx/predict.js';
+import { onnxGoldenCheck } from '../src/onnx/golden.js';
+import { OnnxModel, runSession } from '../src/onnx/runtime.js';
 
 const GOLDEN = join(import.meta.dirname, 'fixtures', 'golden-small256');
 const META = join(GOLDEN, 'meta.json');
@@ -70,83 +70,36 @@ describe('export of the golden fixture (small256)', () => {
     for (const e of report.entries) expect(e.relError, `${e.graph}/${e.output}`).toBeLessThanOrEqual(1e-4);
   });
 
-  it('onnxruntime reproduces the official outputs (expected.npz), at batch 1 and batch 2', async () => {
+  it('onnxruntime reproduces the official outputs (expected.npz) and 3D propagation (propagation.npz)', async () => {
+    const lines: string[] = [];
+    const report = await onnxGoldenCheck(GOLDEN, { exportDir: join(dir, 'golden-check'), threads: 2, log: (l) => lines.push(l) });
+    console.log(lines.join('\n'));
+    expect(report.lines.filter((l) => l.name.startsWith('propagation/')).length).toBe(12);
+    expect(report.failed).toBe(0);
+  });
+
+  it('dynamic batch: two images and two prompts in one run give the single-image results', async () => {
     const inputs = readNpz(join(GOLDEN, 'inputs.npz'));
     const expected = readNpz(join(GOLDEN, 'expected.npz'));
     const model = OnnxModel.open(out, { threads: 2 });
-    const image = { data: f32(inputs.image), shape: inputs.image.shape };
-    const twice = { data: new Float32Array([...f32(inputs.image), ...f32(inputs.image)]), shape: [2, ...inputs.image.shape.slice(1)] };
-    const errors: Record<string, number> = {};
-    for (const [batch, feed] of [[1, image], [2, twice]] as const) {
-      const enc = await runSession(await model.session('imageEncoder'), { image: feed });
-      for (const [ours, ref] of [['image_embed', 'image_embed'], ['high_res_0', 'high_res.0'], ['high_res_1', 'high_res.1']]) {
-        expect(enc[ours].shape[0]).toBe(batch);
-        const per = enc[ours].data.length / batch;
-        for (let b = 0; b < batch; b++) errors[`${ours}@${batch}`] = Math.max(errors[`${ours}@${batch}`] ?? 0, relativeError(enc[ours].data.subarray(b * per, (b + 1) * per), f32(expected[ref])).relError);
-      }
-      const rep = (a: Float32Array) => new Float32Array(Array.from({ length: batch }, () => [...a]).flat());
-      const dec = await runSession(await model.session('maskDecoder'), {
-        image_embed: enc.image_embed,
-        high_res_0: enc.high_res_0,
-        high_res_1: enc.high_res_1,
-        point_coords: { data: rep(f32(inputs.box)), shape: [batch, 2, 2] },
-        point_labels: { data: rep(Float32Array.from([2, 3])), shape: [batch, 2] },
-        mask_input: { data: new Float32Array(batch * 64 * 64), shape: [batch, 1, 64, 64] },
-        has_mask_input: { data: new Float32Array(batch), shape: [batch] },
-      });
-      const pairs: Array<[string, string]> = [
-        ['low_res_masks', 'single.masks'],
-        ['iou_predictions', 'single.iou'],
-        ['sam_tokens', 'single.tokens'],
-        ['low_res_masks_multi', 'multi.masks'],
-        ['iou_predictions_multi', 'multi.iou'],
-        ['sam_tokens_multi', 'multi.tokens'],
-        ['object_score_logits', 'single.obj'],
-      ];
-      for (const [ours, ref] of pairs) {
-        const per = dec[ours].data.length / batch;
-        for (let b = 0; b < batch; b++) {
-          errors[`${ours}@${batch}`] = Math.max(errors[`${ours}@${batch}`] ?? 0, relativeError(dec[ours].data.subarray(b * per, (b + 1) * per), f32(expected[ref])).relError);
-        }
-      }
-    }
+    const twice = (a: Float32Array) => new Float32Array([...a, ...a]);
+    const enc = await runSession(await model.session('imageEncoder'), { image: { data: twice(f32(inputs.image)), shape: [2, 3, 256, 256] } });
+    const dec = await runSession(await model.session('maskDecoder'), {
+      image_embed: enc.image_embed,
+      high_res_0: enc.high_res_0,
+      high_res_1: enc.high_res_1,
+      point_coords: { data: twice(f32(inputs.box)), shape: [2, 2, 2] },
+      point_labels: { data: Float32Array.from([2, 3, 2, 3]), shape: [2, 2] },
+      mask_input: { data: new Float32Array(2 * 64 * 64), shape: [2, 1, 64, 64] },
+      has_mask_input: { data: new Float32Array(2), shape: [2] },
+    });
     await model.release();
-    console.log(Object.entries(errors).map(([k, v]) => `${k} ${v.toExponential(2)}`).join(', '));
-    for (const [k, v] of Object.entries(errors)) expect(v, k).toBeLessThanOrEqual(1e-4);
-  });
-
-  it('3D propagation through the exported graphs matches propagation.npz (README tolerance)', async () => {
-    const prop = readNpz(join(GOLDEN, 'propagation.npz'));
-    const model = OnnxModel.open(out, { threads: 2 });
-    const propagator = new VolumePropagator(new OrtFrameGraphs(model));
-    const [d, h, w] = prop.slices.shape;
-    const slices = f32(prop.slices);
-    const md = prop.mask.data as unknown as ArrayLike<number | boolean>;
-    const mask = Float32Array.from({ length: h * w }, (_, i) => (md[i] ? 1 : 0));
-    const results = await propagator.propagate(
-      { numFrames: d, height: h, width: w, image: (i) => grayToModelInput(slices.subarray(i * h * w, (i + 1) * h * w)) },
-      { frameIdx: 2, mask },
-    );
-    await model.release();
-    expect(results.map((r) => `${r.direction === 'forward' ? 'fwd' : 'rev'}.${r.frameIdx}`)).toEqual(['fwd.2', 'fwd.3', 'fwd.4', 'rev.2', 'rev.1', 'rev.0']);
-    const rows: string[] = [];
-    for (const r of results) {
-      const name = `${r.direction === 'forward' ? 'fwd' : 'rev'}.${r.frameIdx}`;
-      const ref = f32(prop[name]);
-      let maxErr = 0;
-      let maxRef = 0;
-      let agree = 0;
-      for (let i = 0; i < ref.length; i++) {
-        maxErr = Math.max(maxErr, Math.abs(r.logits[i] - ref[i]));
-        maxRef = Math.max(maxRef, Math.abs(ref[i]));
-        if (r.logits[i] > 0 === ref[i] > 0) agree++;
-      }
-      const rel = maxErr / Math.max(1, maxRef);
-      rows.push(`${name} rel ${rel.toExponential(2)} agree ${((100 * agree) / ref.length).toFixed(3)}% ${r.ms.toFixed(0)} ms`);
-      expect(rel, name).toBeLessThanOrEqual(1e-3);
-      expect(agree / ref.length, name).toBeGreaterThanOrEqual(0.999);
+    for (const [ours, ref] of [['image_embed', 'image_embed'], ['low_res_masks', 'single.masks'], ['iou_predictions_multi', 'multi.iou']] as const) {
+      const src = ours === 'image_embed' ? enc : dec;
+      expect(src[ours].shape[0]).toBe(2);
+      const per = src[ours].data.length / 2;
+      for (let b = 0; b < 2; b++) expect(relativeError(src[ours].data.subarray(b * per, (b + 1) * per), f32(expected[ref])).relError, `${ours}[${b}]`).toBeLessThan(1e-4);
     }
-    console.log(`ONNX propagation: ${rows.join('; ')}`);
   });
 });
 
@@ -186,6 +139,35 @@ describe('predict with the exported folder', () => {
     const npz = join(dir, 'pred2d.npz');
     await runPredict({ onnx: out, input: png, out: npz, box: ['60,70,180,200'], label: 3 }, quiet);
     expect(readNpz(npz).segs.shape).toEqual([256, 256]);
+  });
+
+  it('3D NIfTI in, NIfTI out with the input geometry', async () => {
+    const { readNifti, writeNifti } = await import('../src/data/nifti.js');
+    const vol = readNpz(volumeFile);
+    const nii = join(dir, 'volume.nii.gz');
+    const geometry = { spacing: [0.8, 0.8, 2.5] as [number, number, number], origin: [10, -20, 30] as [number, number, number], direction: [1, 0, 0, 0, 1, 0, 0, 0, 1] };
+    // CT-like intensities: the uint8 slices as Hounsfield units
+    const hu = Int16Array.from(vol.imgs.data as Uint8Array, (v) => v * 4 - 500);
+    writeNifti(nii, hu, [5, 256, 256], { geometry });
+    const outFile = join(dir, 'pred3d.nii.gz');
+    await runPredict({ onnx: out, input: nii, out: outFile, box: ['2:80,100,1,149,159,3'], window: '0,1000', label: 1 }, quiet);
+    const pred = readNifti(outFile);
+    expect(pred.shape).toEqual([5, 256, 256]);
+    expect(pred.geometry.spacing.map((v) => Math.round(v * 1000) / 1000)).toEqual([0.8, 0.8, 2.5]);
+    expect(pred.geometry.origin.map((v) => Math.round(v))).toEqual([10, -20, 30]);
+    expect([...new Set(pred.data)].every((l) => l === 0 || l === 2)).toBe(true);
+  });
+
+  it('predictCase (eval from an export): 3D and 2D cases prompted from their gts', async () => {
+    const model = OnnxModel.open(out, { threads: 2 });
+    const vol = readNpz(volumeFile);
+    const three = await predictCase(model, vol, volumeFile);
+    expect(three.shape).toEqual([5, 256, 256]);
+    const slice = (a: NpyArray) => ({ ...a, data: (a.data as Uint8Array).slice(2 * 256 * 256, 3 * 256 * 256), shape: [256, 256] });
+    const two = await predictCase(model, { imgs: slice(vol.imgs), gts: slice(vol.gts) }, 'slice');
+    await model.release();
+    expect(two.shape).toEqual([256, 256]);
+    expect([...new Set(two.data)].every((l) => l === 0 || l === 2)).toBe(true);
   });
 
   it('the predict path imports no TensorFlow.js', () => {

@@ -10,7 +10,7 @@
  * Pixels: uint8 images are scaled by 1/255; other types by --window center,width or else by
  * their 0.5-99.5 percentiles.
  */
-import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, extname } from 'node:path';
 import type { CommandModule } from 'yargs';
 import type { NiftiVolume } from '../data/nifti.js';
@@ -56,34 +56,16 @@ function parseWindow(w: string | undefined): [number, number] | undefined {
   return [v[0], v[1]];
 }
 
-/** An npy array's values as numbers (64-bit integers converted). */
-function numbers(a: NpyArray): ArrayLike<number> {
-  const d = a.data as unknown;
-  if (d instanceof BigInt64Array || d instanceof BigUint64Array) return Float64Array.from(d, Number);
-  return d as ArrayLike<number>;
-}
-
-/** (…, H, W[, 3]) pixels of an npy array -> Pixels01. */
+/** (…, H, W[, 3]) pixels of an npy array, ready for the model. */
 async function fromArray(a: NpyArray, source: string, window?: [number, number]): Promise<LoadedInput> {
-  const { to01 } = await import('../onnx/predict.js');
-  const s = a.shape;
-  let depth = 1;
-  let height: number;
-  let width: number;
-  let channels: 1 | 3 = 1;
-  if (s.length === 2) [height, width] = s;
-  else if (s.length === 3 && s[2] === 3) [height, width, channels] = [s[0], s[1], 3];
-  else if (s.length === 3) [depth, height, width] = s;
-  else if (s.length === 4 && s[3] === 3) [depth, height, width, channels] = [s[0], s[1], s[2], 3];
-  else throw new Error(`${source}: image shape (${s.join(', ')}) is not (H,W), (H,W,3), (D,H,W) or (D,H,W,3)`);
-  const data = to01(numbers(a), a.data instanceof Uint8Array ? 'uint8' : 'other', window);
-  return { pixels: { data, depth, height, width, channels }, shape: depth === 1 ? [height, width] : [depth, height, width] };
+  const { pixelsFromNpy } = await import('../onnx/predict.js');
+  const pixels = pixelsFromNpy(a, source, window);
+  return { pixels, shape: pixels.depth === 1 ? [pixels.height, pixels.width] : [pixels.depth, pixels.height, pixels.width] };
 }
 
 /** Read an image or volume for prediction. */
 export async function loadInput(path: string, window?: [number, number]): Promise<LoadedInput> {
   const ext = lower(extname(path));
-  const { existsSync } = await import('node:fs');
   if (!existsSync(path)) throw new Error(`${path}: no such input file`);
   if (ext === '.png') {
     const { decode } = await import('fast-png');
@@ -104,7 +86,8 @@ export async function loadInput(path: string, window?: [number, number]): Promis
     if (!arrays.imgs) throw new Error(`${path}: npz has no 'imgs' array (found: ${Object.keys(arrays).join(', ') || 'none'})`);
     const loaded = await fromArray(arrays.imgs, `${path}:imgs`, window);
     if (arrays.gts) loaded.gts = arrays.gts;
-    if (arrays.spacing) loaded.spacing = Array.from(numbers(arrays.spacing), Number);
+    const { npyNumbers } = await import('../onnx/predict.js');
+    if (arrays.spacing) loaded.spacing = Array.from(npyNumbers(arrays.spacing), Number);
     return loaded;
   }
   if (isNifti(path)) {
@@ -141,14 +124,14 @@ export function parseBox(spec: string, defaultLabel: number): { label: number; b
 
 export async function runPredict(args: PredictArgs, log: (line: string) => void = (l) => process.stdout.write(`${l}\n`)): Promise<void> {
   const { OnnxModel } = await import('../onnx/runtime.js');
-  const { segmentImage, segmentVolume, boxesFromLabels, checkBox } = await import('../onnx/predict.js');
+  const { segmentImage, segmentVolume, boxesFromLabels, checkBox, npyNumbers } = await import('../onnx/predict.js');
   const window = parseWindow(args.window);
   const input = await loadInput(args.input, window);
   const specs = (args.box ?? []).map((b, i) => parseBox(b, args.box!.length === 1 ? args.label : i + 1));
   if (args['boxes-from-gts']) {
     if (!input.gts) throw new Error(`--boxes-from-gts: ${args.input} has no 'gts' array`);
     const { depth, height, width } = input.pixels;
-    const found = boxesFromLabels(numbers(input.gts), depth, height, width);
+    const found = boxesFromLabels(npyNumbers(input.gts), depth, height, width, input.shape.length === 3);
     if (found.length === 0) throw new Error(`--boxes-from-gts: ${args.input}: gts is empty (no label to prompt)`);
     specs.push(...found);
   }

@@ -1,15 +1,19 @@
 /**
  * onnxruntime-node latency of exported graphs of a randomly initialised model (the weights do
- * not change the cost): the image encoder at given resolutions, the mask decoder, and the
- * per-slice graphs of 3D propagation. For `npm run bench` (scripts/bench.ts) and the export tests.
+ * not change the cost): the image encoder at given resolutions, the mask decoder, and one slice
+ * of 3D propagation end to end. For `npm run bench` (scripts/bench.ts).
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Sam2Config } from '../model/config.js';
 import { MODEL_PRESETS, resolveModelConfig, type Sam2ConfigInput } from '../model/config.js';
 import { SAM2Base } from '../model/sam2.js';
+import { grayToModelInput, VolumePropagator } from '../model/video-predictor.js';
 import { initParams } from '../model/weights.js';
-import { buildGraph } from './export.js';
+import { buildGraph, exportGraphs } from './export.js';
 import { geometry, type GraphKey } from './graphs.js';
-import { createSession, runSession, type HostArray } from './runtime.js';
+import { createSession, OnnxModel, OrtFrameGraphs, runSession, type HostArray } from './runtime.js';
 
 export interface LatencyResult {
   graph: string;
@@ -114,7 +118,7 @@ export async function benchOnnx(opts: BenchOptions = {}): Promise<LatencyResult[
   for (const size of sizes) {
     const config = presetAt(preset, size);
     const params = initParams(new SAM2Base(config).paramSpecs(), 0);
-    const { S, h, C, Cm } = geometry(config);
+    const { S, h, C } = geometry(config);
     if (which.includes('imageEncoder')) report(await timeGraph(config, params, 'imageEncoder', { image: noise([1, 3, S, S]) }, 'image_encoder', t));
     const highRes = { high_res_0: noise([1, C / 8, 4 * h, 4 * h]), high_res_1: noise([1, C / 4, 2 * h, 2 * h]) };
     if (which.includes('maskDecoder')) {
@@ -129,24 +133,52 @@ export async function benchOnnx(opts: BenchOptions = {}): Promise<LatencyResult[
       };
       report(await timeGraph(config, params, 'maskDecoder', feeds, 'mask_decoder', t));
     }
-    if (which.includes('propagation')) {
-      // one tracked slice: memory attention over a full bank, SAM heads, memory encoder
-      const F = config.num_maskmem;
-      const P = Math.min(config.max_obj_ptrs_in_encoder, 16);
-      const onehot = filled([F, config.num_maskmem], (i) => (i % (config.num_maskmem + 1) === 0 ? 1 : 0));
-      const attn = {
-        vision_feats: noise([1, C, h, h]),
-        memory: noise([F, h, h, Cm]),
-        memory_pos_enc: noise([F, h, h, Cm]),
-        memory_tpos: onehot,
-        ...(config.use_obj_ptrs_in_encoder ? { obj_ptrs: noise([P, C]), obj_ptr_tpos: filled([P, 1], (i) => i / P) } : {}),
-      };
-      report(await timeGraph(config, params, 'memoryAttention', attn, `memory_attention(${F}+${P})`, t));
-      const heads = { pix_feat: noise([1, C, h, h]), ...highRes, point_coords: filled([1, 1, 2], () => 0), point_labels: filled([1, 1], () => -1) };
-      report(await timeGraph(config, params, 'samHeads', heads, 'sam_heads', t));
-      const mem = { vision_feats: noise([1, C, h, h]), pred_masks: noise([1, 1, 4 * h, 4 * h]), object_score_logits: filled([1, 1], () => 1) };
-      report(await timeGraph(config, params, 'memoryEncoder', mem, 'memory_encoder', t));
-    }
+    if (which.includes('propagation')) report(await benchPropagation(config, params, t));
   }
   return results;
+}
+
+/**
+ * Per-slice time of 3D propagation on the exported graphs, end to end (image encoder, memory
+ * attention, SAM heads, memory encoder, mask resize): a synthetic volume of `slices` slices is
+ * propagated from its middle slice in both directions; the median over the tracked slices.
+ */
+export async function benchPropagation(
+  config: Sam2Config,
+  params: ReturnType<typeof initParams>,
+  opts: { threads: number; slices?: number },
+): Promise<LatencyResult> {
+  const dir = mkdtempSync(join(tmpdir(), 'medtune-bench-'));
+  try {
+    const graphs = exportGraphs(config, params, dir);
+    const model = OnnxModel.open(dir, { threads: opts.threads });
+    const S = config.image_size;
+    const d = opts.slices ?? 9;
+    // a bright disk that drifts across the slices
+    const image = (i: number) =>
+      grayToModelInput(
+        Float32Array.from({ length: S * S }, (_, p) => {
+          const x = p % S;
+          const y = Math.floor(p / S);
+          return (x - S * (0.4 + 0.02 * i)) ** 2 + (y - S / 2) ** 2 < (S / 6) ** 2 ? 0.8 : 0.2;
+        }),
+      );
+    const key = Math.floor(d / 2);
+    const box: [number, number, number, number] = [S * 0.2, S * 0.3, S * 0.65, S * 0.7];
+    const results = await new VolumePropagator(new OrtFrameGraphs(model)).propagate({ numFrames: d, height: S, width: S, image }, { frameIdx: key, box });
+    await model.release();
+    const times = results.filter((r) => r.frameIdx !== key).map((r) => r.ms).sort((a, b) => a - b);
+    return {
+      graph: 'propagation/slice',
+      imageSize: S,
+      threads: opts.threads,
+      medianMs: times[Math.floor(times.length / 2)],
+      minMs: times[0],
+      runs: times.length,
+      nodes: graphs.reduce((n, g) => n + g.nodes, 0),
+      megabytes: graphs.reduce((n, g) => n + g.bytes, 0) / 1e6,
+    };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }

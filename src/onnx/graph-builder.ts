@@ -161,7 +161,10 @@ export class GraphBuilder {
     };
     const model: onnxProto.onnx.IModelProto = {
       irVersion: IR_VERSION,
-      opsetImport: [{ domain: '', version: OPSET }],
+      opsetImport: [
+        { domain: '', version: OPSET },
+        ...[...new Set(nodes.map((n) => n.domain).filter((d): d is string => !!d))].map((domain) => ({ domain, version: 1 })),
+      ],
       producerName: 'medtune',
       producerVersion: '0.1.0',
       docString,

@@ -6,6 +6,7 @@
  * the exported memory graphs, the directions are united and the largest 3D component is kept.
  */
 import { pixelMap, warpImage, IDENTITY } from '../data/transforms.js';
+import type { NpyArray } from '../io/npz.js';
 import type { SliceData } from '../data/sampling.js';
 import { largestComponent, unionMasks, VolumePropagator, type SliceResult } from '../model/video-predictor.js';
 import { OnnxModel, OrtFrameGraphs, predictBox } from './runtime.js';
@@ -51,6 +52,29 @@ export function to01(data: ArrayLike<number>, kind: 'uint8' | 'other', window?: 
     out[i] = v < 0 ? 0 : v > 1 ? 1 : Number.isNaN(v) ? 0 : v;
   }
   return out;
+}
+
+/** An npy array's values as numbers (64-bit integers converted). */
+export function npyNumbers(a: NpyArray): ArrayLike<number> {
+  const d = a.data as unknown;
+  if (d instanceof BigInt64Array || d instanceof BigUint64Array) return Float64Array.from(d, Number);
+  return d as ArrayLike<number>;
+}
+
+/** Image pixels of an npy array: (H,W), (H,W,3), (D,H,W) or (D,H,W,3), scaled to [0, 1] by `to01`. */
+export function pixelsFromNpy(a: NpyArray, source: string, window?: [number, number]): Pixels01 {
+  const s = a.shape;
+  let depth = 1;
+  let height: number;
+  let width: number;
+  let channels: 1 | 3 = 1;
+  if (s.length === 2) [height, width] = s;
+  else if (s.length === 3 && s[2] === 3) [height, width, channels] = [s[0], s[1], 3];
+  else if (s.length === 3) [depth, height, width] = s;
+  else if (s.length === 4 && s[3] === 3) [depth, height, width, channels] = [s[0], s[1], s[2], 3];
+  else throw new Error(`${source}: image shape (${s.join(', ')}) is not (H,W), (H,W,3), (D,H,W) or (D,H,W,3)`);
+  const data = to01(npyNumbers(a), a.data instanceof Uint8Array ? 'uint8' : 'other', window);
+  return { data, depth, height, width, channels };
 }
 
 /** One slice (H, W[, C]) in [0, 1] -> the (S, S, 3) normalized model input (the training resize). */
@@ -162,7 +186,13 @@ export async function segmentVolume(
  * The challenges' prompts from a ground-truth label map: per label its bounding box over all
  * voxels (3D: x0, y0, z0, x1, y1, z1 with inclusive indices; 2D: x0, y0, x1, y1).
  */
-export function boxesFromLabels(labels: ArrayLike<number>, depth: number, height: number, width: number): Array<{ label: number; box: number[] }> {
+export function boxesFromLabels(
+  labels: ArrayLike<number>,
+  depth: number,
+  height: number,
+  width: number,
+  threeD = depth > 1,
+): Array<{ label: number; box: number[] }> {
   const boxes = new Map<number, number[]>();
   for (let z = 0; z < depth; z++) {
     for (let y = 0; y < height; y++) {
@@ -184,5 +214,31 @@ export function boxesFromLabels(labels: ArrayLike<number>, depth: number, height
   }
   return [...boxes.entries()]
     .sort((a, b) => a[0] - b[0])
-    .map(([label, b]) => ({ label, box: depth === 1 ? [b[0], b[1], b[3], b[4]] : b }));
+    .map(([label, b]) => ({ label, box: threeD ? b : [b[0], b[1], b[3], b[4]] }));
+}
+
+/**
+ * Prediction-first evaluation (`evaluateWithPredictor` in eval/evaluate.ts): segment a
+ * challenge-format case (`imgs`, and `gts` for the prompts) from the bounding box of each
+ * ground-truth label, as the challenges derive prompts: a 3D box per label for volumes, a 2D box
+ * per label for images.
+ */
+export async function predictCase(model: OnnxModel, arrays: Record<string, NpyArray>, source: string): Promise<{ data: Uint8Array | Uint16Array; shape: number[] }> {
+  if (!arrays.imgs) throw new Error(`${source}: npz has no 'imgs' array`);
+  if (!arrays.gts) throw new Error(`${source}: npz has no 'gts' array to derive the box prompts from`);
+  const pixels = pixelsFromNpy(arrays.imgs, `${source}:imgs`);
+  const { depth, height, width } = pixels;
+  const shape = depth === 1 && arrays.gts.shape.length === 2 ? [height, width] : [depth, height, width];
+  if (arrays.gts.shape.join() !== shape.join()) throw new Error(`${source}: gts shape (${arrays.gts.shape}) does not match imgs (${arrays.imgs.shape})`);
+  const boxes = boxesFromLabels(npyNumbers(arrays.gts), depth, height, width, shape.length === 3);
+  if (shape.length === 3) {
+    const targets = boxes.map((b) => ({ label: b.label, box: b.box as Box3D }));
+    return { data: await segmentVolume(model, pixels, targets), shape };
+  }
+  const out = boxes.some((b) => b.label > 255) ? new Uint16Array(height * width) : new Uint8Array(height * width);
+  for (const b of boxes) {
+    const { mask } = await segmentImage(model, pixels, b.box as Box2D);
+    for (let i = 0; i < out.length; i++) if (mask[i]) out[i] = b.label;
+  }
+  return { data: out, shape };
 }
