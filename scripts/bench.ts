@@ -1,0 +1,67 @@
+/**
+ * `npm run bench [-- --backend cpu|wasm|... --sizes 256,512 --iters 2 --only model,train,onnx,data]`
+ *
+ * Prints img/s of the full sam2.1-tiny image path (image encoder + prompt encoder + mask decoder),
+ * forward and forward+backward, per image at each size on the selected backend; training img/s;
+ * onnxruntime-node latencies of the exported graphs; data-pipeline samples/s.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { selectBackend, BACKEND_NAMES, type BackendName } from '../src/backend.js';
+import { resolveModelConfig, SAM2_1_TINY } from '../src/model/config.js';
+import { SAM2Base } from '../src/model/sam2.js';
+import { TfOps } from '../src/model/tf-ops.js';
+import { initParams, toTfParams } from '../src/model/weights.js';
+
+const args = await yargs(hideBin(process.argv))
+  .option('backend', { choices: BACKEND_NAMES, default: 'auto' as BackendName })
+  .option('sizes', { type: 'string', default: '256,512', describe: 'image sizes for the model timings' })
+  .option('iters', { type: 'number', default: 2, describe: 'timed repetitions after one warm-up' })
+  .option('only', { type: 'string', default: 'model,onnx,data', describe: 'sections to run' })
+  .strict()
+  .parse();
+const sections = new Set(args.only.split(','));
+
+function timeIt(iters: number, fn: () => void): number {
+  fn(); // warm-up: kernels compiled, buffers allocated
+  const start = performance.now();
+  for (let i = 0; i < iters; i++) fn();
+  return (performance.now() - start) / iters;
+}
+
+/** Forward and forward+backward of the image path at one resolution, batch 1. */
+function benchImagePath(size: number, iters: number): { forwardMs: number; trainMs: number } {
+  const config = resolveModelConfig({ image_size: size }, SAM2_1_TINY);
+  const model = new SAM2Base(config);
+  const params = toTfParams(initParams(model.paramSpecs(), 0), {
+    trainable: (name) => name.startsWith('image_encoder.') || name.startsWith('sam_mask_decoder.'),
+  });
+  const ops = new TfOps(params);
+  const image = tf.randomNormal([1, size, size, 3], 0, 1, 'float32', 1);
+  const boxes = tf.tensor2d([[size * 0.25, size * 0.3, size * 0.6, size * 0.7]]);
+  const forwardMs = timeIt(iters, () => {
+    tf.tidy(() => model.predictFromBoxes(ops, image, boxes).masks.dataSync());
+  });
+  const trainable = [...params.values()].filter((v) => v.trainable);
+  const trainMs = timeIt(iters, () => {
+    const { value, grads } = tf.variableGrads(() => tf.mean(model.predictFromBoxes(ops, image, boxes).masks) as tf.Scalar, trainable);
+    value.dataSync();
+    tf.dispose([value, ...Object.values(grads)]);
+  });
+  tf.dispose([image, boxes, ...params.values()]);
+  return { forwardMs, trainMs };
+}
+
+const { backend, device } = await selectBackend(args.backend);
+console.log(`backend ${backend} (${device})`);
+
+if (sections.has('model')) {
+  for (const size of args.sizes.split(',').map(Number)) {
+    const { forwardMs, trainMs } = benchImagePath(size, args.iters);
+    console.log(
+      `sam2.1-tiny image path @${size}: forward ${forwardMs.toFixed(0)} ms/img (${(1000 / forwardMs).toFixed(3)} img/s), ` +
+        `forward+backward ${trainMs.toFixed(0)} ms/img (${(1000 / trainMs).toFixed(3)} img/s)`,
+    );
+  }
+}
