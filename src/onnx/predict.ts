@@ -148,13 +148,16 @@ export async function segmentVolume(
   model: OnnxModel,
   volume: Pixels01,
   targets: VolumeTarget[],
-  opts: { onSlice?: (p: VolumeProgress) => void } = {},
+  opts: { onSlice?: (p: VolumeProgress) => void; cacheBytes?: number } = {},
 ): Promise<Uint8Array | Uint16Array> {
   const { depth: D, height: H, width: W, channels } = volume;
   for (const t of targets) checkBox(t.box, volume, `label ${t.label} box`);
-  const S = model.geometry.S;
+  const { S, h, C } = model.geometry;
   const n = H * W * channels;
-  // model inputs are made once per slice and reused by every label and both directions
+  // A slice's model input (and, through OrtFrameGraphs, its encoder outputs) is kept while it
+  // fits the cache, so the labels and both directions encode each slice once.
+  const perSlice = 4 * (3 * S * S + 2 * C * h * h + (C / 8) * 16 * h * h + (C / 4) * 4 * h * h);
+  const maxSlices = Math.max(1, Math.floor((opts.cacheBytes ?? 1e9) / perSlice));
   const inputs = new Map<number, Float32Array>();
   const source = {
     numFrames: D,
@@ -162,10 +165,10 @@ export async function segmentVolume(
     width: W,
     image: (i: number) => {
       let x = inputs.get(i);
-      if (!x) {
-        x = sliceToModelInput(volume.data.subarray(i * n, (i + 1) * n), H, W, channels, S);
-        inputs.set(i, x);
-      }
+      if (x) inputs.delete(i);
+      else x = sliceToModelInput(volume.data.subarray(i * n, (i + 1) * n), H, W, channels, S);
+      inputs.set(i, x); // most recently used last
+      if (inputs.size > maxSlices) inputs.delete(inputs.keys().next().value!);
       return x;
     },
   };

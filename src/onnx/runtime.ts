@@ -232,11 +232,15 @@ function concatTensors(ts: ort.Tensor[], shape: number[]): HostArray {
  * the image encoder's NCHW outputs, memories the memory encoder's channels-last ones. The image
  * embedding with `no_mem_embed` (what an initial conditioning slice attends to) is kept beside
  * each frame; the vision position encoding is a constant inside the memory-attention graph, so
- * a frame's `visionPos` handle is that same embedding and is never read.
+ * a frame's `visionPos` handle is that same embedding and is never read. Encoder outputs are
+ * remembered per input array (weakly), so a volume source that hands out the same array for a
+ * slice again (segmentVolume does, for every label and both directions) encodes it once.
  */
 export class OrtFrameGraphs implements Sam2FrameGraphs<ort.Tensor> {
   readonly config: Sam2Config;
   private readonly imageEmbeds = new WeakMap<ort.Tensor, ort.Tensor>();
+  /** image encoder outputs by input array: a caller that passes the same array again gets them back */
+  private readonly frames = new WeakMap<Float32Array, FrameFeatures<ort.Tensor>>();
   /** whether memories are rounded to bfloat16 like the official predictor (default true) */
   constructor(
     readonly model: OnnxModel,
@@ -247,9 +251,13 @@ export class OrtFrameGraphs implements Sam2FrameGraphs<ort.Tensor> {
   }
 
   async encodeImage(image: Float32Array): Promise<FrameFeatures<ort.Tensor>> {
+    const cached = this.frames.get(image);
+    if (cached) return cached;
     const out = await this.model.run('imageEncoder', { image: OnnxModel.nchwImage(image, this.model.geometry.S) });
     this.imageEmbeds.set(out.vision_feats, out.image_embed);
-    return { visionFeats: out.vision_feats, visionPos: out.image_embed, highRes: [out.high_res_0, out.high_res_1] };
+    const frame: FrameFeatures<ort.Tensor> = { visionFeats: out.vision_feats, visionPos: out.image_embed, highRes: [out.high_res_0, out.high_res_1] };
+    this.frames.set(image, frame);
+    return frame;
   }
 
   async conditionOnMemory(frame: FrameFeatures<ort.Tensor>, memory: MemoryContext<ort.Tensor> | null): Promise<ort.Tensor> {
