@@ -22,6 +22,11 @@ export interface LatencyResult {
   /** median over the timed runs, ms */
   medianMs: number;
   minMs: number;
+  /**
+   * process CPU time per run, ms (worker threads do not spin in the bench): on a busy machine,
+   * cpuMs / threads estimates the wall time an idle one would take
+   */
+  cpuMs: number;
   runs: number;
   nodes: number;
   megabytes: number;
@@ -76,15 +81,17 @@ async function timeGraph(
   opts: Required<Pick<BenchOptions, 'threads' | 'runs' | 'warmup'>>,
 ): Promise<LatencyResult> {
   const { bytes, nodes } = buildGraph(config, params, key);
-  const session = await createSession(bytes, { threads: opts.threads });
+  const session = await createSession(bytes, { threads: opts.threads, spin: false });
   try {
     for (let i = 0; i < opts.warmup; i++) await runSession(session, feeds);
     const times: number[] = [];
+    const cpu0 = process.cpuUsage();
     for (let i = 0; i < opts.runs; i++) {
       const t0 = performance.now();
       await runSession(session, feeds);
       times.push(performance.now() - t0);
     }
+    const cpu = process.cpuUsage(cpu0);
     times.sort((a, b) => a - b);
     return {
       graph: label,
@@ -92,6 +99,7 @@ async function timeGraph(
       threads: opts.threads,
       medianMs: times[Math.floor(times.length / 2)],
       minMs: times[0],
+      cpuMs: (cpu.user + cpu.system) / 1000 / opts.runs,
       runs: opts.runs,
       nodes,
       megabytes: bytes.byteLength / 1e6,
@@ -112,6 +120,7 @@ export async function benchOnnx(opts: BenchOptions = {}): Promise<LatencyResult[
     results.push(r);
     opts.log?.(
       `${r.graph.padEnd(20)} @${r.imageSize}  ${r.threads} threads  median ${r.medianMs.toFixed(1)} ms  min ${r.minMs.toFixed(1)} ms  ` +
+        `cpu ${r.cpuMs.toFixed(0)} ms/run  ` +
         `(${r.nodes} nodes, ${r.megabytes.toFixed(1)} MB)`,
     );
   };
@@ -151,7 +160,7 @@ export async function benchPropagation(
   const dir = mkdtempSync(join(tmpdir(), 'medtune-bench-'));
   try {
     const graphs = exportGraphs(config, params, dir);
-    const model = OnnxModel.open(dir, { threads: opts.threads });
+    const model = OnnxModel.open(dir, { threads: opts.threads, spin: false });
     const S = config.image_size;
     const d = opts.slices ?? 9;
     // a bright disk that drifts across the slices
@@ -165,7 +174,9 @@ export async function benchPropagation(
       );
     const key = Math.floor(d / 2);
     const box: [number, number, number, number] = [S * 0.2, S * 0.3, S * 0.65, S * 0.7];
+    const cpu0 = process.cpuUsage();
     const results = await new VolumePropagator(new OrtFrameGraphs(model)).propagate({ numFrames: d, height: S, width: S, image }, { frameIdx: key, box });
+    const cpu = process.cpuUsage(cpu0);
     await model.release();
     const times = results.filter((r) => r.frameIdx !== key).map((r) => r.ms).sort((a, b) => a - b);
     return {
@@ -174,6 +185,8 @@ export async function benchPropagation(
       threads: opts.threads,
       medianMs: times[Math.floor(times.length / 2)],
       minMs: times[0],
+      // the key slice and the host-side work included: an upper bound per slice
+      cpuMs: (cpu.user + cpu.system) / 1000 / d,
       runs: times.length,
       nodes: graphs.reduce((n, g) => n + g.nodes, 0),
       megabytes: graphs.reduce((n, g) => n + g.bytes, 0) / 1e6,

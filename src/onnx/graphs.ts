@@ -3,14 +3,15 @@
  * predictor run (no second copy of the network). Image-path graph inputs and outputs are
  * channels-first like the official export (NCHW at the boundary, channels-last inside);
  * memory-path tensors that only travel between our own graphs stay channels-last.
+ * S = image size, h = S/16, C = hidden dim, Cm = memory dim; B, N, F, P are dynamic.
  *
- * | file                              | from                                                    |
- * | image_encoder.onnx                | imageEmbeddings / encodeFrame                           |
- * | mask_decoder.onnx                 | promptEncoder.forward + maskDecoder.predictMasks/selectOutputs |
- * | sam_heads.onnx                    | forwardSamHeads (decoder + best-IoU pick + object-pointer projection) |
- * | mask_as_output.onnx               | useMaskAsOutput                                         |
- * | memory_encoder.onnx / _binarized  | upsampleMasks + encodeNewMemory                         |
- * | memory_attention.onnx             | the memory-bank assembly of conditionOnMemory + memoryAttention.forward |
+ * | file                          | inputs -> outputs                                                   | from |
+ * | image_encoder.onnx            | image (B,3,S,S) normalized -> image_embed (B,C,h,h) with no_mem_embed, high_res_0 (B,C/8,4h,4h), high_res_1 (B,C/4,2h,2h), vision_feats (B,C,h,h) without it | imageEmbeddings, encodeFrame |
+ * | mask_decoder.onnx             | image_embed, high_res_0/1, point_coords (B,N,2) in model pixels 0..S, point_labels (B,N), mask_input (B,1,4h,4h), has_mask_input (B) -> low_res_masks (B,1,4h,4h), iou_predictions (B,1), sam_tokens (B,1,C), the same with _multi (3 masks), object_score_logits (B,1) | promptEncoder.forward, maskDecoder.predictMasks / selectOutputs |
+ * | sam_heads.onnx                | pix_feat (B,C,h,h), high_res_0/1, point_coords, point_labels -> pred_masks (B,1,4h,4h) gated, obj_ptr (B,C), the same with _multi (best IoU), object_score_logits | forwardSamHeads (with the object-pointer projection) |
+ * | mask_as_output.onnx           | vision_feats, high_res_0/1, mask (B,1,S,S) -> pred_masks, obj_ptr, object_score_logits | useMaskAsOutput |
+ * | memory_encoder(_binarized).onnx | vision_feats, pred_masks, object_score_logits -> maskmem_features (B,h,h,Cm), maskmem_pos_enc (B,h,h,Cm) | upsampleMasks + encodeNewMemory (sigmoid / binarized masks) |
+ * | memory_attention.onnx         | vision_feats (1,C,h,h), memory and memory_pos_enc (F,h,h,Cm), memory_tpos (F,num_maskmem) one-hot, obj_ptrs (P,C), obj_ptr_tpos (P,1) -> pix_feat (1,C,h,h) | the memory-bank assembly of conditionOnMemory + memoryAttention.forward |
  */
 import type { Sam2Config } from '../model/config.js';
 import type { Ops } from '../model/ops.js';

@@ -78,7 +78,6 @@ export class OnnxOps implements Ops<OnnxValue> {
   private readonly log?: TraceLog;
   private valueCount = 0;
   private intCount = 0;
-  private constCount = 0;
   private readonly paramValues = new Map<string, OnnxValue>();
   private readonly transposedWeights = new Map<string, string>();
   private readonly scalarConsts = new Map<string, string>();
@@ -108,7 +107,7 @@ export class OnnxOps implements Ops<OnnxValue> {
     this.log?.ops.push(detail === undefined ? op : `${op}${JSON.stringify(detail)}`);
   }
 
-  /** Route a shape-like integer vector through the plan: its affine expressions. */
+  /** Route a shape-like integer vector through the plan: its expressions in the symbols. */
   private ints(vec: number[]): Expr[] {
     const k = this.intCount++;
     this.log?.ints.push([...vec]);
@@ -130,12 +129,12 @@ export class OnnxOps implements Ops<OnnxValue> {
     return this.shapeExprs(x).map((e) => (isConst(e) ? e.c0 : (pureSymbol(e) ?? exprKey(e))));
   }
 
-  private int64Const(values: number[], scalar = false): string {
-    const key = `${scalar ? 's' : 'v'}${values.join(',')}`;
+  private int64Const(values: number[]): string {
+    const key = values.join(',');
     let name = this.intConsts.get(key);
     if (!name) {
       name = this.graph.fresh('const_i64');
-      this.graph.initializer(name, 'int64', scalar ? [] : [values.length], BigInt64Array.from(values.map((v) => BigInt(v))));
+      this.graph.initializer(name, 'int64', [values.length], BigInt64Array.from(values.map((v) => BigInt(v))));
       this.intConsts.set(key, name);
     }
     return name;
@@ -233,7 +232,6 @@ export class OnnxOps implements Ops<OnnxValue> {
     const data = values instanceof Float32Array ? values : Float32Array.from(values);
     if (data.length !== numel(shape)) throw new Error(`constant has ${data.length} values for shape [${shape}]`);
     this.sig('constant', shape.length);
-    this.constCount++;
     this.log?.consts.push({ data, shape: [...shape] });
     const exprs = this.ints(shape);
     const symAxes = exprs.map((e, a) => (isConst(e) ? -1 : a)).filter((a) => a >= 0);
