@@ -7,7 +7,8 @@ export type { NpyArray, TypedArray };
 /** Parse one .npy buffer; `source` names the file in errors. */
 export function parseNpy(bytes: Uint8Array, source: string): NpyArray {
   try {
-    const copy = bytes.slice().buffer as ArrayBuffer;
+    // copy into an exact-size ArrayBuffer: a small Node Buffer is a view into a shared pool
+    const copy = Uint8Array.prototype.slice.call(bytes).buffer as ArrayBuffer;
     const arr = parse(copy);
     if (arr.fortranOrder) throw new Error('Fortran-ordered arrays are not supported; save with np.ascontiguousarray');
     return arr;
@@ -38,5 +39,6 @@ export function encodeNpz(arrays: Record<string, { data: TypedArray; shape: numb
   for (const [name, { data, shape }] of Object.entries(arrays)) {
     files[`${name}.npy`] = new Uint8Array(dump(data, shape));
   }
-  return zipSync(files, { level: compress ? 6 : 0 });
+  // a fixed timestamp keeps the archive bytes a function of the arrays alone
+  return zipSync(files, { level: compress ? 6 : 0, mtime: '1980-01-01T00:00:00Z' });
 }
