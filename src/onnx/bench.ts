@@ -6,11 +6,11 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Sam2Config } from '../model/config.js';
-import { MODEL_PRESETS, resolveModelConfig, type Sam2ConfigInput } from '../model/config.js';
+import { MODEL_PRESETS, type Sam2Config } from '../model/config.js';
 import { SAM2Base } from '../model/sam2.js';
 import { grayToModelInput, VolumePropagator } from '../model/video-predictor.js';
 import { initParams } from '../model/weights.js';
+import { resolveRunModelConfig } from '../train/train.js';
 import { buildGraph, exportGraphs } from './export.js';
 import { geometry, type GraphKey } from './graphs.js';
 import { createSession, OnnxModel, OrtFrameGraphs, runSession, type HostArray } from './runtime.js';
@@ -45,17 +45,8 @@ export interface BenchOptions {
 
 /** A preset at another input size (the RoPE feature sizes follow, as in training). */
 export function presetAt(preset: string, imageSize: number): Sam2Config {
-  const base = MODEL_PRESETS[preset];
-  if (!base) throw new Error(`unknown preset '${preset}'`);
-  if (imageSize === base.image_size) return base;
-  const feat = imageSize / 16;
-  return resolveModelConfig(
-    {
-      image_size: imageSize,
-      memory_attention: { layer: { self_attention: { feat_sizes: [feat, feat] }, cross_attention: { feat_sizes: [feat, feat] } } },
-    } as Sam2ConfigInput,
-    base,
-  );
+  if (!Object.hasOwn(MODEL_PRESETS, preset)) throw new Error(`unknown preset '${preset}'`);
+  return resolveRunModelConfig({ preset, image_size: imageSize } as Parameters<typeof resolveRunModelConfig>[0]);
 }
 
 function filled(shape: number[], f: (i: number) => number): HostArray {

@@ -131,9 +131,9 @@ export function samHeadsGraph(model: SAM2Base): GraphDef {
         const out = model.forwardSamHeads(ops, { backboneFeatures: pix, highRes, points: { coords, labels }, multimaskOutput: multi });
         io.output(`pred_masks${suffix}`, out.lowResMasks);
         io.output(`obj_ptr${suffix}`, out.objPtr);
+        // the object score does not depend on the mask choice
+        if (!multi) io.output('object_score_logits', out.objectScoreLogits);
       }
-      // the object score does not depend on the mask choice
-      io.output('object_score_logits', model.forwardSamHeads(ops, { backboneFeatures: pix, highRes, points: { coords, labels }, multimaskOutput: false }).objectScoreLogits);
     },
   };
 }
