@@ -91,6 +91,8 @@ const TrainSchema = z.strictObject({
   bce_weight: nonNegative.default(1),
   /** validate every N steps (and at the end); 0: only at the end */
   val_every: z.number().int().nonnegative().default(100),
+  /** also validate before the first step (step 0) of a fresh run: where the model starts */
+  val_at_start: z.boolean().default(true),
   /** keep a `step-NNNNNN` checkpoint every N steps (latest is refreshed too); 0: only at the end */
   save_every: z.number().int().nonnegative().default(500),
   /** how many `step-NNNNNN` checkpoints to keep */

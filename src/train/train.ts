@@ -53,6 +53,8 @@ export interface TrainResult {
   /** validation Dice by step, in order */
   valDice: Array<{ step: number; dice: number }>;
   bestValDice: number | null;
+  /** validation Dice of the trivial answer, an ellipse filling each prompt box */
+  ellipseDice: number | null;
   /** stopped by a signal or stopAfterStep before max_steps */
   interrupted: boolean;
   skippedSamples: number;
@@ -80,6 +82,37 @@ export function resolveRunModelConfig(model: TrainConfig['model']): Sam2Config {
     );
   }
   return cfg;
+}
+
+/**
+ * Dice of the trivial answer "an ellipse filling the prompt box" against each sample's ground
+ * truth, at the low-res mask size: the baseline a trained model should beat.
+ */
+export function ellipseInBoxDice(b: Batch): number[] {
+  const m = b.maskSize;
+  const scale = b.imageSize / m;
+  const out: number[] = [];
+  for (let n = 0; n < b.batchSize; n++) {
+    const [x0, y0, x1, y1] = b.boxes.subarray(n * 4, n * 4 + 4);
+    const cx = (x0 + x1) / 2;
+    const cy = (y0 + y1) / 2;
+    const rx = Math.max((x1 - x0) / 2, 1e-6);
+    const ry = Math.max((y1 - y0) / 2, 1e-6);
+    let inter = 0;
+    let pred = 0;
+    let gt = 0;
+    for (let i = 0; i < m; i++) {
+      for (let j = 0; j < m; j++) {
+        const inside = (((j + 0.5) * scale - cx) / rx) ** 2 + (((i + 0.5) * scale - cy) / ry) ** 2 <= 1;
+        const g = b.masks[n * m * m + i * m + j] > 0.5;
+        if (inside) pred++;
+        if (g) gt++;
+        if (inside && g) inter++;
+      }
+    }
+    out.push(pred + gt === 0 ? 1 : (2 * inter) / (pred + gt));
+  }
+  return out;
 }
 
 /** Batch -> the three input tensors (images NHWC, boxes, masks as (B, m, m, 1)). */
@@ -125,7 +158,9 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   } else {
     weights = initParams(specs, config.seed);
   }
-  const isTrainable = (name: string) => config.model.trainable.some((p) => name === p || name.startsWith(`${p}.`));
+  // the prompt encoder's random Fourier matrix is a buffer in PyTorch, never trained
+  const isTrainable = (name: string) =>
+    !name.endsWith('.positional_encoding_gaussian_matrix') && config.model.trainable.some((p) => name === p || name.startsWith(`${p}.`));
   const params = toTfParams(weights, { trainable: isTrainable });
   const trainable = new Map([...params].filter(([, v]) => v.trainable));
   if (trainable.size === 0) throw new Error(`model.trainable (${config.model.trainable.join(', ')}) matches no parameter`);
@@ -187,12 +222,14 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     : [];
   const valCount = valSet.reduce((n, b) => n + b.batchSize, 0);
   say(`data: ${loader.size} training samples per epoch${d.val ? `, ${valCount} validation samples` : ''}`);
+  const ellipseDice = valCount > 0 ? valSet.flatMap(ellipseInBoxDice).reduce((a, v) => a + v, 0) / valCount : null;
+  if (ellipseDice !== null) say(`validation baseline: an ellipse filling each box scores Dice ${ellipseDice.toFixed(4)}`);
 
   // --- state --------------------------------------------------------------------------------
   let step = resumed?.state.step ?? 0;
   let bestValDice = resumed?.state.bestValDice ?? null;
   let samplesSeen = resumed?.state.samplesSeen ?? 0;
-  const result: TrainResult = { runDir, step, losses: [], valDice: [], bestValDice, interrupted: false, skippedSamples: 0 };
+  const result: TrainResult = { runDir, step, losses: [], valDice: [], bestValDice, ellipseDice, interrupted: false, skippedSamples: 0 };
   const log = new MetricsLog(runDir, { maxSteps: t.max_steps, startStep: step, progress: opts.progress, quiet: opts.quiet });
 
   let stopRequested = false;
@@ -243,6 +280,13 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     }
     return { dice: sum / valCount, overlay };
   };
+
+  if (valSet.length > 0 && t.val_at_start && step === 0) {
+    const v = validate();
+    result.valDice.push({ step, dice: v.dice });
+    log.val(step, v.dice, v.overlay);
+    log.message(`step 0: val Dice ${v.dice.toFixed(4)} (before training)`);
+  }
 
   const trainVars = [...trainable.values()];
   const accumulator = new GradAccumulator();
