@@ -9,10 +9,12 @@ import * as tf from '@tensorflow/tfjs-core';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { selectBackend, BACKEND_NAMES, type BackendName } from '../src/backend.js';
+import { measureLoaderThroughput } from '../src/data/loader.js';
 import { resolveModelConfig, SAM2_1_TINY } from '../src/model/config.js';
 import { SAM2Base } from '../src/model/sam2.js';
 import { TfOps } from '../src/model/tf-ops.js';
 import { initParams, toTfParams } from '../src/model/weights.js';
+import { benchOnnx } from '../src/onnx/bench.js';
 
 const args = await yargs(hideBin(process.argv))
   .option('backend', { choices: BACKEND_NAMES, default: 'auto' as BackendName })
@@ -63,5 +65,17 @@ if (sections.has('model')) {
       `sam2.1-tiny image path @${size}: forward ${forwardMs.toFixed(0)} ms/img (${(1000 / forwardMs).toFixed(3)} img/s), ` +
         `forward+backward ${trainMs.toFixed(0)} ms/img (${(1000 / trainMs).toFixed(3)} img/s)`,
     );
+  }
+}
+
+if (sections.has('onnx')) {
+  console.log('onnxruntime-node (CPU), sam2.1-tiny, batch 1, 2 threads:');
+  await benchOnnx({ imageSizes: [512, 1024], threads: 2, log: (line) => console.log(`  ${line}`) });
+}
+
+if (sections.has('data')) {
+  for (const imageSize of [256, 512]) {
+    const r = await measureLoaderThroughput({ files: 'data/ct-lesion-npz', imageSize, batchSize: 8, augment: true });
+    console.log(`data pipeline @${imageSize} (real CT, augmented): ${r.samplesPerSec.toFixed(0)} samples/s`);
   }
 }

@@ -10,11 +10,12 @@ import { antialiasBilinearMatrix, SAM2Base } from '../src/model/sam2.js';
 import { MLP } from '../src/model/sam2-utils.js';
 import { TfOps } from '../src/model/tf-ops.js';
 import { relMaxError } from './helpers/golden.js';
-import { roundToBfloat16, TfFrameGraphs } from '../src/model/tf-frame-graphs.js';
+import { TfFrameGraphs } from '../src/model/tf-frame-graphs.js';
 import {
   grayToModelInput,
   largestComponent,
   memorySettings,
+  roundToBfloat16,
   selectMemory,
   unionMasks,
   VolumePropagator,

@@ -6,22 +6,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { Sam2Config } from './config.js';
 import { SAM2Base, upsampleMasks, type FrameFeatures, type MemoryContext, type MemoryFeatures } from './sam2.js';
 import { TfOps } from './tf-ops.js';
-import type { HeadsResult, HostPrompt, Sam2FrameGraphs } from './video-predictor.js';
+import { roundToBfloat16, type HeadsResult, type HostPrompt, type Sam2FrameGraphs } from './video-predictor.js';
 
-/** Round float32 values to bfloat16 precision (round to nearest even, like torch's `.to(torch.bfloat16)`). */
-export function roundToBfloat16(values: Float32Array): Float32Array {
-  const out = new Float32Array(values);
-  const u = new Uint32Array(out.buffer);
-  for (let i = 0; i < u.length; i++) {
-    const x = u[i];
-    if ((x & 0x7f800000) === 0x7f800000 && (x & 0x007fffff) !== 0) {
-      u[i] = (x | 0x00400000) & 0xffff0000; // NaN stays NaN
-      continue;
-    }
-    u[i] = ((x + 0x7fff + ((x >>> 16) & 1)) >>> 0) & 0xffff0000;
-  }
-  return out;
-}
 
 export class TfFrameGraphs implements Sam2FrameGraphs<tf.Tensor> {
   readonly config: Sam2Config;

@@ -553,3 +553,22 @@ export function largestComponent(seg: Uint8Array, d: number, h: number, w: numbe
   if (best) for (let i = 0; i < seg.length; i++) out[i] = labels[i] === best ? 1 : 0;
   return out;
 }
+
+/**
+ * Round float32 values to bfloat16 precision (round to nearest even, like torch's
+ * `.to(torch.bfloat16)`): the official predictor stores memory features in bfloat16, and every
+ * `Sam2FrameGraphs` implementation must do the same to match it.
+ */
+export function roundToBfloat16(values: Float32Array): Float32Array {
+  const out = new Float32Array(values);
+  const u = new Uint32Array(out.buffer);
+  for (let i = 0; i < u.length; i++) {
+    const x = u[i];
+    if ((x & 0x7f800000) === 0x7f800000 && (x & 0x007fffff) !== 0) {
+      u[i] = (x | 0x00400000) & 0xffff0000; // NaN stays NaN
+      continue;
+    }
+    u[i] = ((x + 0x7fff + ((x >>> 16) & 1)) >>> 0) & 0xffff0000;
+  }
+  return out;
+}

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { Sam2Config } from '../model/config.js';
 import { upsampleMasks } from '../model/sam2.js';
-import type { FrameFeatures, HeadsResult, HostPrompt, MemoryContext, MemoryFeatures, Sam2FrameGraphs } from '../model/video-predictor.js';
+import { roundToBfloat16, type FrameFeatures, type HeadsResult, type HostPrompt, type MemoryContext, type MemoryFeatures, type Sam2FrameGraphs } from '../model/video-predictor.js';
 import { geometry, GRAPH_FILES, type Geometry, type GraphKey } from './graphs.js';
 import { OnnxOps } from './onnx-ops.js';
 
@@ -201,20 +201,6 @@ export async function predictBox(
 
 // ───────────────────────────── 3D: the propagation graphs ─────────────────────────────
 
-/** Round float32 values to bfloat16 precision (round to nearest even), as the official predictor stores memories. */
-function roundToBfloat16(values: Float32Array): Float32Array {
-  const out = new Float32Array(values);
-  const u = new Uint32Array(out.buffer);
-  for (let i = 0; i < u.length; i++) {
-    const x = u[i];
-    if ((x & 0x7f800000) === 0x7f800000 && (x & 0x007fffff) !== 0) {
-      u[i] = (x | 0x00400000) & 0xffff0000;
-      continue;
-    }
-    u[i] = ((x + 0x7fff + ((x >>> 16) & 1)) >>> 0) & 0xffff0000;
-  }
-  return out;
-}
 
 function concatTensors(ts: ort.Tensor[], shape: number[]): HostArray {
   const parts = ts.map((t) => hostOf(t).data);
