@@ -116,6 +116,8 @@ export class MetricsLog {
 
   close(): void {
     this.bar?.stop();
+    // a redraw prints the messages still buffered by log()
+    this.multibar?.update();
     this.multibar?.stop();
     this.tb.close();
   }
