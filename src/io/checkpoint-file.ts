@@ -2,10 +2,11 @@
  * One entry point for model weights on disk: official PyTorch checkpoints (`.pt` / `.pth`),
  * `.safetensors` files, and our own run checkpoints (a directory holding `model.safetensors`).
  */
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readSync, renameSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { encodeSafetensors, readSafetensors, readSafetensorsHeader, type StateDict } from './safetensors.js';
 import { readTorchStateDict, readTorchStateDictShapes } from './torch-checkpoint.js';
+import { writeFileSynced } from './synced-write.js';
 
 /** MedSAM2's fine-tuning wrapper stores the SAM2 model as `self.sam2_model`. */
 export const WRAPPER_PREFIX = 'sam2_model.';
@@ -89,14 +90,7 @@ export function writeStateDict(path: string, sd: StateDict, metadata?: Record<st
   const bytes = encodeSafetensors(sd, metadata);
   const tmp = join(dirname(file), `.${basename(file)}.tmp-${process.pid}-${Date.now().toString(36)}`);
   try {
-    const fd = openSync(tmp, 'w');
-    try {
-      let written = 0;
-      while (written < bytes.byteLength) written += writeSync(fd, bytes, written, bytes.byteLength - written);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
+    writeFileSynced(tmp, bytes);
     renameSync(tmp, file);
   } catch (err) {
     rmSync(tmp, { force: true });

@@ -17,11 +17,9 @@ import {
   type Ops,
   type ParamSpec,
 } from './ops.js';
-import { MLP } from './sam2-utils.js';
+import { LAYER_NORM_2D_EPS, MLP } from './sam2-utils.js';
 import { TwoWayTransformer, type TwoWayTransformerConfig } from './two-way-transformer.js';
 
-/** LayerNorm2d epsilon (official `sam2_utils.LayerNorm2d`) */
-const LN2D_EPS = 1e-6;
 
 export interface MaskDecoderConfig {
   num_multimask_outputs: number;
@@ -222,14 +220,14 @@ export class MaskDecoder implements Module {
       ops.convTranspose2d(x, ops.param(this.k(`output_upscaling.${i}.weight`)), ops.param(this.k(`output_upscaling.${i}.bias`)), 2);
     let up: T;
     if (!c.use_high_res_features) {
-      up = ops.gelu(layerNorm(ops, dc(srcMap, 0), this.k('output_upscaling.1'), LN2D_EPS));
+      up = ops.gelu(layerNorm(ops, dc(srcMap, 0), this.k('output_upscaling.1'), LAYER_NORM_2D_EPS));
       up = ops.gelu(dc(up, 3));
     } else {
       if (!inputs.highResFeatures) throw new Error('MaskDecoder: use_high_res_features is set but no highResFeatures were given');
       const [featS0, featS1] = inputs.highResFeatures;
       this.checkHighRes(ops, featS1, [b, 2 * h, 2 * w, d / 4], 'highResFeatures[1] (stride 8)');
       this.checkHighRes(ops, featS0, [b, 4 * h, 4 * w, d / 8], 'highResFeatures[0] (stride 4)');
-      up = ops.gelu(layerNorm(ops, ops.add(dc(srcMap, 0), featS1), this.k('output_upscaling.1'), LN2D_EPS));
+      up = ops.gelu(layerNorm(ops, ops.add(dc(srcMap, 0), featS1), this.k('output_upscaling.1'), LAYER_NORM_2D_EPS));
       up = ops.gelu(ops.add(dc(up, 3), featS0));
     }
 

@@ -19,10 +19,9 @@ import {
   type Ops,
   type ParamSpec,
 } from './ops.js';
+import { LAYER_NORM_2D_EPS } from './sam2-utils.js';
 import { PositionEmbeddingSine } from './position-encoding.js';
 
-/** LayerNorm2d (channels-first LayerNorm in PyTorch) epsilon, as in the official sam2_utils. */
-const LN2D_EPS = 1e-6;
 
 /** Progressively downsample a mask by total_stride (conv -> LayerNorm2d -> GELU per step), then 1x1 to embed_dim. */
 export class MaskDownSampler implements Module {
@@ -59,7 +58,7 @@ export class MaskDownSampler implements Module {
   forward<T>(ops: Ops<T>, x: T): T {
     for (let i = 0; i < this.numLayers; i++) {
       x = conv2d(ops, x, key(this.prefix, `encoder.${3 * i}`), { stride: this.cfg.stride, pad: this.cfg.padding });
-      x = layerNorm(ops, x, key(this.prefix, `encoder.${3 * i + 1}`), LN2D_EPS);
+      x = layerNorm(ops, x, key(this.prefix, `encoder.${3 * i + 1}`), LAYER_NORM_2D_EPS);
       x = ops.gelu(x);
     }
     return conv2d(ops, x, key(this.prefix, `encoder.${3 * this.numLayers}`));
@@ -88,7 +87,7 @@ export class CXBlock implements Module {
   forward<T>(ops: Ops<T>, x: T): T {
     const { dim, padding, use_dwconv, layer_scale_init_value: ls } = this.cfg;
     let y = conv2d(ops, x, key(this.prefix, 'dwconv'), { pad: padding, groups: use_dwconv ? dim : 1 });
-    y = layerNorm(ops, y, key(this.prefix, 'norm'), LN2D_EPS);
+    y = layerNorm(ops, y, key(this.prefix, 'norm'), LAYER_NORM_2D_EPS);
     y = linear(ops, y, key(this.prefix, 'pwconv1'));
     y = ops.gelu(y);
     y = linear(ops, y, key(this.prefix, 'pwconv2'));

@@ -10,10 +10,9 @@
  * Layouts: coordinates in input pixels (x, y); dense outputs channels-last (B, h, w, C).
  */
 import { conv2d, conv2dSpecs, key, layerNorm, layerNormSpecs, type Module, type Ops, type ParamSpec } from './ops.js';
+import { LAYER_NORM_2D_EPS } from './sam2-utils.js';
 import { PositionEmbeddingRandom } from './position-encoding.js';
 
-/** LayerNorm2d epsilon (official `sam2_utils.LayerNorm2d`) */
-const LN2D_EPS = 1e-6;
 
 /** pos/neg point + 2 box corners */
 const NUM_POINT_EMBEDDINGS = 4;
@@ -188,9 +187,9 @@ export class PromptEncoder implements Module {
     const [mh, mw] = this.maskInputSize;
     let x = ops.reshape(masks, [-1, mh, mw, 1]);
     x = conv2d(ops, x, this.k('mask_downscaling.0'), { stride: 2 });
-    x = ops.gelu(layerNorm(ops, x, this.k('mask_downscaling.1'), LN2D_EPS));
+    x = ops.gelu(layerNorm(ops, x, this.k('mask_downscaling.1'), LAYER_NORM_2D_EPS));
     x = conv2d(ops, x, this.k('mask_downscaling.3'), { stride: 2 });
-    x = ops.gelu(layerNorm(ops, x, this.k('mask_downscaling.4'), LN2D_EPS));
+    x = ops.gelu(layerNorm(ops, x, this.k('mask_downscaling.4'), LAYER_NORM_2D_EPS));
     return conv2d(ops, x, this.k('mask_downscaling.6'));
   }
 }

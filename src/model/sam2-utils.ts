@@ -1,6 +1,9 @@
 /** Shared building blocks, after the official `sam2/modeling/sam2_utils.py`. */
 import { key, linear, linearSpecs, type Ops, type ParamSpec } from './ops.js';
 
+/** LayerNorm2d epsilon (the official channels-first LayerNorm; here a last-axis layerNorm on NHWC). */
+export const LAYER_NORM_2D_EPS = 1e-6;
+
 export type Activation = 'relu' | 'gelu';
 
 /** MLP with `numLayers` Linear layers at `${prefix}.layers.${i}`, activation between them. */

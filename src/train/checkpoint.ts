@@ -9,10 +9,11 @@
  * directory of that name is moved aside first and deleted only after the rename, so a crash at
  * any point leaves a complete `latest` (or its `.old-latest` twin, which loading falls back to).
  */
-import { closeSync, cpSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, cpSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { encodeSafetensors, readSafetensors, type StateDict } from '../io/safetensors.js';
 import type { AdamWState } from './optimizer.js';
+import { writeFileSynced } from '../io/synced-write.js';
 
 export const MODEL_FILE = 'model.safetensors';
 export const OPTIMIZER_FILE = 'optimizer.safetensors';
@@ -47,18 +48,6 @@ export function checkpointsDir(runDir: string): string {
 
 export function stepName(step: number): string {
   return `step-${String(step).padStart(6, '0')}`;
-}
-
-function writeFileSynced(path: string, data: Uint8Array | string): void {
-  const bytes = typeof data === 'string' ? Buffer.from(data) : data;
-  const fd = openSync(path, 'w');
-  try {
-    let written = 0;
-    while (written < bytes.byteLength) written += writeSync(fd, bytes, written, bytes.byteLength - written);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
 }
 
 function syncDir(dir: string): void {
