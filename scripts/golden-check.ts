@@ -6,6 +6,10 @@
  *     prompt encoder frozen; and no gradient where the reference has none
  *   - the AdamW sample (adamw_step1) from the reference gradients, max abs error <= 1e-6
  *   - weights.pt and weights.safetensors hold the same weights and give the same masks
+ *   - 3D propagation (propagation.npz) through the memory path, per slice
+ *     max |ours - ref| <= 1e-3 * max(1, max |ref|) and masks > 0 agreeing on >= 99.9% of pixels
+ * With `--onnx`, the same forward outputs and propagation are also checked through an ONNX export
+ * of the fixture's weights, run in onnxruntime-node.
  * One line per tensor with its error, then `N passed, M failed`; exit code 1 on any failure.
  */
 import * as tf from '@tensorflow/tfjs-core';
@@ -18,7 +22,10 @@ import { readNpz, type NpyArray } from '../src/io/npz.js';
 import { readSafetensors, type StateDict } from '../src/io/safetensors.js';
 import { resolveModelConfig } from '../src/model/config.js';
 import { SAM2Base } from '../src/model/sam2.js';
+import { checkGoldenPropagation, PROPAGATION_AGREEMENT, PROPAGATION_TOL } from '../src/model/propagation-check.js';
+import { TfFrameGraphs } from '../src/model/tf-frame-graphs.js';
 import { TfOps } from '../src/model/tf-ops.js';
+import { onnxGoldenCheck } from '../src/onnx/golden.js';
 import { loadStateDict, toTfParams } from '../src/model/weights.js';
 import { bceWithLogits, diceLoss } from '../src/train/loss.js';
 import { AdamW, buildParamGroups } from '../src/train/optimizer.js';
@@ -59,7 +66,11 @@ function maxRelError(ours: Float32Array, ref: Float32Array): number {
 }
 
 /** Runs every check of the fixture in `dir`; `log` gets one line per tensor as it goes. */
-export async function runGoldenCheck(dir: string, log: (line: string) => void = console.log): Promise<GoldenReport> {
+export async function runGoldenCheck(
+  dir: string,
+  log: (line: string) => void = console.log,
+  opts: { onnx?: boolean } = {},
+): Promise<GoldenReport> {
   await tf.setBackend('cpu');
   const lines: CheckLine[] = [];
   const record = (name: string, error: number, limit: number, what: string, note = '') => {
@@ -217,6 +228,23 @@ export async function runGoldenCheck(dir: string, log: (line: string) => void = 
     tf.dispose([...g.values(), ...vars.values()]);
   }
 
+  const propPath = join(dir, 'propagation.npz');
+  if (existsSync(propPath)) {
+    const graphs = new TfFrameGraphs(model, params);
+    for (const line of await checkGoldenPropagation(graphs, readNpz(propPath))) {
+      record(`propagation ${line.name}`, line.error, PROPAGATION_TOL, 'rel max err');
+      record(`propagation ${line.name} masks>0 disagreement`, 1 - line.agreement, 1 - PROPAGATION_AGREEMENT, 'fraction');
+    }
+  }
+
+  if (opts.onnx) {
+    const onnx = await onnxGoldenCheck(dir);
+    for (const l of onnx.lines) {
+      if (l.what === 'mask agreement') record(`onnx ${l.name} masks>0 disagreement`, 1 - l.value, 1 - l.tolerance, 'fraction');
+      else record(`onnx ${l.name}`, l.value, l.tolerance, l.what);
+    }
+  }
+
   tf.dispose([image, box, gt, ...params.values()]);
   const passed = lines.filter((l) => l.ok).length;
   const failed = lines.length - passed;
@@ -225,11 +253,12 @@ export async function runGoldenCheck(dir: string, log: (line: string) => void = 
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
-  const dir = process.argv[2];
-  if (!dir) {
-    console.error('usage: npx tsx scripts/golden-check.ts <fixture-dir>');
+  const args = process.argv.slice(2);
+  const dir = args.find((a) => !a.startsWith('--'));
+  if (!dir || args.some((a) => a.startsWith('--') && a !== '--onnx')) {
+    console.error('usage: npx tsx scripts/golden-check.ts <fixture-dir> [--onnx]');
     process.exit(2);
   }
-  const report = await runGoldenCheck(dir);
+  const report = await runGoldenCheck(dir, console.log, { onnx: args.includes('--onnx') });
   process.exit(report.failed > 0 ? 1 : 0);
 }

@@ -31,6 +31,9 @@ export interface SelectOptions {
 
 const require = createRequire(import.meta.url);
 
+// The backend is chosen here and printed once; silence tfjs's own 'install tfjs-node' banner.
+tf.env().set('PROD', true);
+
 function isNotInstalled(err: unknown, pkg: string): boolean {
   const e = err as NodeJS.ErrnoException;
   return (e?.code === 'ERR_MODULE_NOT_FOUND' || e?.code === 'MODULE_NOT_FOUND') && String(e.message).includes(pkg);

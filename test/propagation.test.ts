@@ -10,9 +10,9 @@ import { antialiasBilinearMatrix, SAM2Base } from '../src/model/sam2.js';
 import { MLP } from '../src/model/sam2-utils.js';
 import { TfOps } from '../src/model/tf-ops.js';
 import { relMaxError } from './helpers/golden.js';
+import { checkGoldenPropagation, PROPAGATION_AGREEMENT, PROPAGATION_TOL } from '../src/model/propagation-check.js';
 import { TfFrameGraphs } from '../src/model/tf-frame-graphs.js';
 import {
-  grayToModelInput,
   largestComponent,
   memorySettings,
   roundToBfloat16,
@@ -269,57 +269,34 @@ describe('3D propagation reproduces the official SAM2VideoPredictor (golden-smal
   });
 
   it('forward 2,3,4 and reverse 2,1,0 within tolerance, without leaking tensors', async () => {
-    const model = new SAM2Base(config);
-    const graphs = new TfFrameGraphs(model, params);
-    const propagator = new VolumePropagator(graphs);
+    const graphs = new TfFrameGraphs(new SAM2Base(config), params);
     const [d, h, w] = prop.slices.shape;
-    const slices = prop.slices.data as Float32Array;
-    const maskData = prop.mask.data as unknown as ArrayLike<number | boolean>;
-    const mask = Float32Array.from({ length: h * w }, (_, i) => (maskData[i] ? 1 : 0));
-    expect(mask.reduce((a, b) => a + b, 0)).toBeGreaterThan(0);
-
     const before = tf.memory().numTensors;
     // CPU time per slice as well as wall time: the test machine may be shared
     const cpuMs = new Map<SliceResult, number>();
     let last = process.cpuUsage();
-    const results: SliceResult[] = await propagator.propagate(
-      { numFrames: d, height: h, width: w, image: (i) => grayToModelInput(slices.subarray(i * h * w, (i + 1) * h * w)) },
-      { frameIdx: 2, mask },
-      {
-        onSlice: (r) => {
-          const u = process.cpuUsage(last);
-          cpuMs.set(r, (u.user + u.system) / 1000);
-          last = process.cpuUsage();
-        },
-      },
-    );
+    const lines = await checkGoldenPropagation(graphs, prop, (r) => {
+      const u = process.cpuUsage(last);
+      cpuMs.set(r, (u.user + u.system) / 1000);
+      last = process.cpuUsage();
+    });
     expect(tf.memory().numTensors).toBe(before);
 
-    expect(results.map((r) => `${r.direction === 'forward' ? 'fwd' : 'rev'}.${r.frameIdx}`)).toEqual(['fwd.2', 'fwd.3', 'fwd.4', 'rev.2', 'rev.1', 'rev.0']);
-    const rows: string[] = [];
-    const failures: string[] = [];
-    for (const r of results) {
-      const name = `${r.direction === 'forward' ? 'fwd' : 'rev'}.${r.frameIdx}`;
-      const ref = prop[name].data as Float32Array;
-      let maxErr = 0;
-      let maxRef = 0;
-      let agree = 0;
-      for (let i = 0; i < ref.length; i++) {
-        maxErr = Math.max(maxErr, Math.abs(r.logits[i] - ref[i]));
-        maxRef = Math.max(maxRef, Math.abs(ref[i]));
-        if (r.logits[i] > 0 === ref[i] > 0) agree++;
-      }
-      const rel = maxErr / Math.max(1, maxRef);
-      const agreement = agree / ref.length;
-      rows.push(`${name}: max|ours-ref| ${maxErr.toExponential(3)} (rel ${rel.toExponential(3)}), max|ref| ${maxRef.toFixed(4)}, masks>0 agree ${(100 * agreement).toFixed(4)}%, ${r.ms.toFixed(0)} ms wall, ${cpuMs.get(r)!.toFixed(0)} ms cpu`);
-      if (!(rel <= 1e-3)) failures.push(`${name} error ${rel}`);
-      if (!(agreement >= 0.999)) failures.push(`${name} agreement ${agreement}`);
-    }
+    expect(lines.map((l) => l.name)).toEqual(['fwd.2', 'fwd.3', 'fwd.4', 'rev.2', 'rev.1', 'rev.0']);
+    const results = lines.map((l) => l.result);
+    const rows = lines.map(
+      (l) =>
+        `${l.name}: rel max err ${l.error.toExponential(3)}, masks>0 agree ${(100 * l.agreement).toFixed(4)}%, ` +
+        `${l.result.ms.toFixed(0)} ms wall, ${cpuMs.get(l.result)!.toFixed(0)} ms cpu`,
+    );
     const tracked = results.filter((r) => r.frameIdx !== 2);
     const mean = (f: (r: SliceResult) => number) => (tracked.reduce((a, r) => a + f(r), 0) / tracked.length).toFixed(0);
     rows.push(`mean per propagated slice: ${mean((r) => r.ms)} ms wall, ${mean((r) => cpuMs.get(r)!)} ms cpu (backend ${tf.getBackend()})`);
     console.log(rows.join('\n'));
-    expect(failures).toEqual([]);
+    for (const l of lines) {
+      expect(l.error, l.name).toBeLessThanOrEqual(PROPAGATION_TOL);
+      expect(l.agreement, l.name).toBeGreaterThanOrEqual(PROPAGATION_AGREEMENT);
+    }
 
     const seg = largestComponent(unionMasks(results, d, h, w), d, h, w);
     expect(seg.reduce((a, b) => a + b, 0)).toBeGreaterThan(0);

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { readNpz, type NpyArray } from '../io/npz.js';
 import { readSafetensors } from '../io/safetensors.js';
 import { resolveModelConfig } from '../model/config.js';
-import { grayToModelInput, VolumePropagator } from '../model/video-predictor.js';
+import { checkGoldenPropagation, PROPAGATION_AGREEMENT, PROPAGATION_TOL } from '../model/propagation-check.js';
 import { exportGraphs } from './export.js';
 import { OnnxModel, OrtFrameGraphs, runSession } from './runtime.js';
 
@@ -25,9 +25,6 @@ export interface GoldenLine {
 
 /** README forward tolerance: max |ours - ref| <= 1e-4 * max(1, max |ref|). */
 const FORWARD_TOL = 1e-4;
-/** README propagation tolerance per slice, and the agreement of `> 0` masks. */
-const PROPAGATION_TOL = 1e-3;
-const PROPAGATION_AGREEMENT = 0.999;
 
 function f32(a: NpyArray): Float32Array {
   return a.data as Float32Array;
@@ -94,28 +91,9 @@ export async function onnxGoldenCheck(
 
     const propFile = join(fixtureDir, 'propagation.npz');
     if (existsSync(propFile)) {
-      const prop = readNpz(propFile);
-      const [d, ph, pw] = prop.slices.shape;
-      const slices = f32(prop.slices);
-      const md = prop.mask.data as unknown as ArrayLike<number | boolean>;
-      const mask = Float32Array.from({ length: ph * pw }, (_, i) => (md[i] ? 1 : 0));
-      const propagator = new VolumePropagator(new OrtFrameGraphs(model));
-      const results = await propagator.propagate(
-        { numFrames: d, height: ph, width: pw, image: (i) => grayToModelInput(slices.subarray(i * ph * pw, (i + 1) * ph * pw)) },
-        { frameIdx: Math.floor(d / 2), mask },
-      );
-      for (const r of results) {
-        const name = `${r.direction === 'forward' ? 'fwd' : 'rev'}.${r.frameIdx}`;
-        const ref = prop[name];
-        if (!ref) {
-          record(`propagation/${name}`, Infinity, PROPAGATION_TOL, 'no reference slice');
-          continue;
-        }
-        const refData = f32(ref);
-        let agree = 0;
-        for (let i = 0; i < refData.length; i++) if (r.logits[i] > 0 === refData[i] > 0) agree++;
-        record(`propagation/${name}`, readmeError(r.logits, refData), PROPAGATION_TOL, 'rel max err');
-        record(`propagation/${name}`, agree / refData.length, PROPAGATION_AGREEMENT, 'mask agreement', 'above');
+      for (const line of await checkGoldenPropagation(new OrtFrameGraphs(model), readNpz(propFile))) {
+        record(`propagation/${line.name}`, line.error, PROPAGATION_TOL, 'rel max err');
+        record(`propagation/${line.name}`, line.agreement, PROPAGATION_AGREEMENT, 'mask agreement', 'above');
       }
     }
     await model.release();
