@@ -8,11 +8,15 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import { registerFastKernels } from './fast-kernels.js';
 
 let registered: string[] | undefined;
 
 export function registerWasmFallbackKernels(): string[] {
   if (registered) return registered;
+  // replacements first (Conv2DBackpropFilter, and the wrong WASM MaxPoolGrad and
+  // ResizeNearestNeighborGrad): they run on WASM memory with no copy to a CPU backend
+  registerFastKernels();
   const cpu = new MathBackendCPU();
   const wasmKernels = new Set(tf.getKernelsForBackend('wasm').map((k) => k.kernelName));
   registered = [];

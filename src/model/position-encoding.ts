@@ -161,7 +161,7 @@ export function axialRopeTables(dim: number, endX: number, endY: number, theta: 
  * a multiple r of M and the table is repeated r times along the tokens; otherwise N must equal M.
  */
 export function applyRotary<T>(ops: Ops<T>, x: T, cos: T, sin: T, repeatFreqs = false): T {
-  const [, heads, n, dim] = ops.shape(x);
+  const [, , n, dim] = ops.shape(x);
   const [m, half] = ops.shape(cos);
   if (half * 2 !== dim) throw new Error(`applyRotary: table has ${half} frequencies for dim ${dim}`);
   if (n !== m) {
@@ -170,13 +170,16 @@ export function applyRotary<T>(ops: Ops<T>, x: T, cos: T, sin: T, repeatFreqs = 
     cos = ops.tile(cos, [r, 1]);
     sin = ops.tile(sin, [r, 1]);
   }
-  const c = ops.reshape(cos, [n, half, 1]);
-  const s = ops.reshape(sin, [n, half, 1]);
-  const pairs = ops.reshape(x, [-1, heads, n, half, 2]);
-  const b = ops.shape(pairs)[0];
-  const re = ops.slice(pairs, [0, 0, 0, 0, 0], [b, heads, n, half, 1]);
-  const im = ops.slice(pairs, [0, 0, 0, 0, 1], [b, heads, n, half, 1]);
-  const outRe = ops.sub(ops.mul(re, c), ops.mul(im, s));
-  const outIm = ops.add(ops.mul(re, s), ops.mul(im, c));
-  return ops.reshape(ops.concat([outRe, outIm], 4), [-1, heads, n, dim]);
+  // (re, im) -> (re c - im s, re s + im c) as x * C + (x @ P) * S, with C, S the tables repeated per
+  // pair and P the constant pair swap with a sign, (x @ P)[2i] = -x[2i+1], (x @ P)[2i+1] = x[2i]:
+  // one product and three elementwise ops on whole rows instead of strided 5-D slices (the same
+  // values: the product only adds exact zeros)
+  const perPair = (t: T) => ops.reshape(ops.tile(ops.reshape(t, [n, half, 1]), [1, 1, 2]), [n, dim]);
+  const swap = new Float32Array(dim * dim);
+  for (let i = 0; i < half; i++) {
+    swap[(2 * i + 1) * dim + 2 * i] = -1;
+    swap[2 * i * dim + 2 * i + 1] = 1;
+  }
+  const swapped = ops.matMul(x, ops.constant(swap, [dim, dim]));
+  return ops.add(ops.mul(x, perPair(cos)), ops.mul(swapped, perPair(sin)));
 }

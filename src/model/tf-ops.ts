@@ -1,7 +1,118 @@
 import * as tf from '@tensorflow/tfjs-core';
 // tfjs-core's CommonJS build registers no gradients; the union package registers them all.
 import '@tensorflow/tfjs';
+import { registerFastKernels } from '../backends/fast-kernels.js';
+import { xnnBatchMatMul3d, xnnBatchMatMulAvailable } from '../backends/wasm-batch-matmul.js';
 import type { Conv2dOptions, Ops } from './ops.js';
+
+// faster (and, for two gradients, corrected) cpu / wasm kernels: see backends/fast-kernels.ts
+registerFastKernels();
+
+/*
+ * Matrix products. On the WASM backend only an unbatched product without transposes runs in
+ * XNNPACK (SIMD GEMM); a transposed or batched one takes a scalar loop about 10x slower. tfjs's
+ * own matMul gradient uses transposed products, so the 2-D products below carry a hand-written
+ * gradient whose products are plain ones too (transposes are materialized: cheap copies).
+ * On the CPU backend the same formulation costs about the same as tfjs's.
+ */
+
+/** a (M, K) @ b (K, N); gradients dA = dY @ B^T and dB = A^T @ dY as plain products. */
+const matMul2d = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+  const [a, b, save] = args as [tf.Tensor, tf.Tensor, tf.GradSaveFunc];
+  save([a, b]);
+  return {
+    value: tf.matMul(a, b),
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      const [sa, sb] = saved;
+      return [tf.tidy(() => tf.matMul(dy, tf.transpose(sb))), tf.tidy(() => tf.matMul(tf.transpose(sa), dy))];
+    },
+  };
+}) as (a: tf.Tensor, b: tf.Tensor) => tf.Tensor;
+
+/** x (M, in) @ W^T for W (out, in); gradients dX = dY @ W and dW = dY^T @ X as plain products. */
+const linear2d = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+  const [x, w, save] = args as [tf.Tensor, tf.Tensor, tf.GradSaveFunc];
+  save([x, w]);
+  return {
+    value: tf.tidy(() => tf.matMul(x, tf.transpose(w))),
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      const [sx, sw] = saved;
+      return [tf.matMul(dy, sw), tf.tidy(() => tf.matMul(tf.transpose(dy), sx))];
+    },
+  };
+}) as (x: tf.Tensor, w: tf.Tensor) => tf.Tensor;
+
+/**
+ * linear2d plus a bias (B, fused into the product); dB = dY^T @ 1, a product too (a column sum
+ * through the backends' reductions transposes first).
+ */
+const linear2dBias = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+  const [x, w, b, save] = args as [tf.Tensor, tf.Tensor, tf.Tensor, tf.GradSaveFunc];
+  save([x, w]);
+  return {
+    value: tf.tidy(() => tf.fused.matMul({ a: x as tf.Tensor2D, b: tf.transpose(w) as tf.Tensor2D, bias: b })),
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      const [sx, sw] = saved;
+      const dyT = tf.transpose(dy);
+      const grads = [
+        tf.matMul(dy, sw),
+        tf.matMul(dyT, sx),
+        // dY^T @ 1 (the product's right operand is the small one, as XNNPACK wants)
+        tf.tidy(() => tf.reshape(tf.matMul(dyT, tf.ones([dy.shape[0] as number, 1])), [dy.shape[1] as number])),
+      ];
+      dyT.dispose();
+      return grads;
+    },
+  };
+}) as (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.Tensor;
+
+/**
+ * Below this many multiply-adds per batch entry the per-entry XNNPACK call (an operator set up and
+ * torn down) costs more than WASM's scalar batched loop.
+ */
+const XNN_MIN_MACS = 32 * 1024;
+
+/** (G, M, K) @ (G, K, N) per batch entry in XNNPACK (wasm only), gradients likewise. */
+const xnnBmm = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+  const [a, b, save] = args as [tf.Tensor, tf.Tensor, tf.GradSaveFunc];
+  save([a, b]);
+  return {
+    value: xnnBatchMatMul3d(a, b),
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      const [sa, sb] = saved;
+      return [
+        tf.tidy(() => xnnBatchMatMul3d(dy, tf.transpose(sb, [0, 2, 1]))),
+        tf.tidy(() => xnnBatchMatMul3d(tf.transpose(sa, [0, 2, 1]), dy)),
+      ];
+    },
+  };
+}) as (a: tf.Tensor, b: tf.Tensor) => tf.Tensor;
+
+/** tf.matMul for operands of equal rank (batch axes broadcast); on wasm through XNNPACK per entry. */
+function batchMatMul(a: tf.Tensor, b: tf.Tensor, transposeA: boolean, transposeB: boolean): tf.Tensor {
+  if (a.rank < 3 || a.rank !== b.rank) return tf.matMul(a, b, transposeA, transposeB);
+  const lead = a.shape.slice(0, -2).map((d, i) => Math.max(d, b.shape[i]));
+  if (!lead.every((d, i) => (a.shape[i] === d || a.shape[i] === 1) && (b.shape[i] === d || b.shape[i] === 1))) {
+    return tf.matMul(a, b, transposeA, transposeB); // tfjs reports the shape error
+  }
+  const [m, k] = transposeA ? [a.shape[a.rank - 1], a.shape[a.rank - 2]] : a.shape.slice(-2);
+  const n = transposeB ? b.shape[b.rank - 2] : b.shape[b.rank - 1];
+  const broadcast = (t: tf.Tensor) => (t.shape.slice(0, -2).every((d, i) => d === lead[i]) ? t : tf.tile(t, [...lead.map((d, i) => d / t.shape[i]), 1, 1]));
+  if (!xnnBatchMatMulAvailable() || m * k * n < XNN_MIN_MACS) {
+    // tfjs's matMul gradient does not sum over broadcast batch axes: tile explicitly (tile's does)
+    return tf.tidy(() => tf.matMul(broadcast(a), broadcast(b), transposeA, transposeB));
+  }
+  return tf.tidy(() => {
+    [a, b] = [broadcast(a), broadcast(b)];
+    const g = lead.reduce((p, d) => p * d, 1);
+    const as3 = (t: tf.Tensor, tr: boolean) => {
+      const t3 = tf.reshape(t, [g, ...t.shape.slice(-2)]);
+      return tr ? tf.transpose(t3, [0, 2, 1]) : t3;
+    };
+    const y = xnnBmm(as3(a, transposeA), as3(b, transposeB));
+    return tf.reshape(y, [...lead, ...y.shape.slice(1)]);
+  });
+}
 
 /** Attention score tensors above this many bytes are computed in query chunks. */
 const ATTENTION_CHUNK_BYTES = 256 * 1024 * 1024;
@@ -66,14 +177,33 @@ export class TfOps implements Ops<tf.Tensor> {
   }
 
   matMul(a: tf.Tensor, b: tf.Tensor, transposeA = false, transposeB = false) {
-    return tf.matMul(a, b, transposeA, transposeB);
+    const unbatched = (t: tf.Tensor) => t.rank >= 2 && t.shape.slice(0, -2).every((d) => d === 1);
+    if (unbatched(a) && unbatched(b)) {
+      // one plain 2-D product (the rest of the shape is ones): the fast path, see matMul2d
+      return tf.tidy(() => {
+        const a2 = tf.reshape(a, a.shape.slice(-2));
+        const b2 = tf.reshape(b, b.shape.slice(-2));
+        const y = matMul2d(transposeA ? tf.transpose(a2) : a2, transposeB ? tf.transpose(b2) : b2);
+        const lead = a.rank >= b.rank ? a.shape.slice(0, -2) : b.shape.slice(0, -2);
+        return lead.length ? tf.reshape(y, [...lead, ...y.shape]) : y;
+      });
+    }
+    if (!transposeA && b.rank === 2 && a.rank > 2) {
+      // a batch of rows against one matrix: fold the batch into the rows
+      return tf.tidy(() => {
+        const k = a.shape[a.rank - 1];
+        const y = matMul2d(tf.reshape(a, [-1, k]), transposeB ? tf.transpose(b) : b);
+        return tf.reshape(y, [...a.shape.slice(0, -1), y.shape[1] as number]);
+      });
+    }
+    return batchMatMul(a, b, transposeA, transposeB);
   }
   linear(x: tf.Tensor, weight: tf.Tensor, bias?: tf.Tensor) {
     return tf.tidy(() => {
       const inDim = x.shape[x.rank - 1];
       const outDim = weight.shape[0];
-      let y = tf.matMul(tf.reshape(x, [-1, inDim]), weight, false, true);
-      if (bias) y = tf.add(y, bias);
+      const x2 = tf.reshape(x, [-1, inDim]);
+      const y = bias && bias.rank === 1 ? linear2dBias(x2, weight, bias) : bias ? tf.add(linear2d(x2, weight), bias) : linear2d(x2, weight);
       return tf.reshape(y, [...x.shape.slice(0, -1), outDim]);
     });
   }
@@ -85,7 +215,7 @@ export class TfOps implements Ops<tf.Tensor> {
       const [b, h, nq, d] = q.shape as number[];
       const nk = (k.shape as number[])[2];
       const scale = 1 / Math.sqrt(d);
-      const attend = (qc: tf.Tensor) => tf.matMul(tf.softmax(tf.mul(tf.matMul(qc, k, false, true), scale)), v);
+      const attend = (qc: tf.Tensor) => batchMatMul(tf.softmax(tf.mul(batchMatMul(qc, k, false, true), scale)), v, false, false);
       const scoreBytes = b * h * nq * nk * 4;
       if (scoreBytes <= this.attentionChunkBytes) return attend(q);
       const rows = Math.max(1, Math.floor((this.attentionChunkBytes / (b * h * nk * 4))));
@@ -168,6 +298,18 @@ export class TfOps implements Ops<tf.Tensor> {
     return tf.maxPool(x as tf.Tensor4D, size, size, 'valid');
   }
   resizeNearest(x: tf.Tensor, size: [number, number]) {
+    const [b, h, w, c] = x.shape;
+    const [oh, ow] = size;
+    if (oh % h === 0 && ow % w === 0) {
+      // integer upscaling repeats each pixel (the same values); the gradient is a plain sum
+      // (tfjs-backend-wasm's ResizeNearestNeighborGrad is wrong for more than one channel)
+      return tf.tidy(() => {
+        // columns, then rows (rank-4 tiles: tfjs has tile gradients up to rank 4)
+        const cols = tf.tile(tf.reshape(x, [b * h, w, 1, c]), [1, 1, ow / w, 1]);
+        const rows = tf.tile(tf.reshape(cols, [b, h, 1, ow * c]), [1, 1, oh / h, 1]);
+        return tf.reshape(rows, [b, oh, ow, c]);
+      });
+    }
     return tf.image.resizeNearestNeighbor(x as tf.Tensor4D, size, false, false);
   }
   resizeBilinear(x: tf.Tensor, size: [number, number]) {
