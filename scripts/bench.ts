@@ -2,7 +2,8 @@
  * `npm run bench [-- --backend cpu|wasm|... --sizes 256,512 --iters 2 --only model,train,onnx,data]`
  *
  * Prints img/s of the full sam2.1-tiny image path (image encoder + prompt encoder + mask decoder),
- * forward and forward+backward, per image at each size on the selected backend; training img/s;
+ * forward and forward+backward, per image at each size on the selected backend; training img/s
+ * (real optimizer steps of `medtune train`) for the demo and for sam2.1-tiny at each size;
  * onnxruntime-node latencies of the exported graphs; data-pipeline samples/s.
  */
 import * as tf from '@tensorflow/tfjs-core';
@@ -15,12 +16,18 @@ import { SAM2Base } from '../src/model/sam2.js';
 import { TfOps } from '../src/model/tf-ops.js';
 import { initParams, toTfParams } from '../src/model/weights.js';
 import { benchOnnx } from '../src/onnx/bench.js';
+import { loadConfig } from '../src/train/config.js';
+import { train } from '../src/train/train.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 const args = await yargs(hideBin(process.argv))
   .option('backend', { choices: BACKEND_NAMES, default: 'auto' as BackendName })
   .option('sizes', { type: 'string', default: '256,512', describe: 'image sizes for the model timings' })
   .option('iters', { type: 'number', default: 2, describe: 'timed repetitions after one warm-up' })
-  .option('only', { type: 'string', default: 'model,onnx,data', describe: 'sections to run' })
+  .option('only', { type: 'string', default: 'model,train,onnx,data', describe: 'sections to run: model,train,onnx,data' })
+  .option('train-steps', { type: 'number', default: 3, describe: 'timed optimizer steps per training benchmark' })
   .strict()
   .parse();
 const sections = new Set(args.only.split(','));
@@ -55,6 +62,25 @@ function benchImagePath(size: number, iters: number): { forwardMs: number; train
   return { forwardMs, trainMs };
 }
 
+/**
+ * img/s of real `medtune train` steps (data loading, forward, backward, AdamW) from a config, with
+ * validation and checkpoints off; the first step (warm-up) is not timed.
+ */
+async function benchTraining(configPath: string, overrides: string[], steps: number): Promise<number> {
+  const runDir = mkdtempSync(join(tmpdir(), 'medtune-bench-'));
+  const config = loadConfig(configPath, {
+    overrides: [...overrides, `train.max_steps=${steps + 1}`, 'train.val_every=0', 'train.save_every=0', 'train.val_at_start=false', 'data.val=null'],
+  });
+  const stepEnds: number[] = [];
+  try {
+    await train({ config, runDir, quiet: true, handleSignals: false, onStep: () => stepEnds.push(performance.now()) });
+  } finally {
+    rmSync(runDir, { recursive: true, force: true });
+  }
+  const seconds = (stepEnds[stepEnds.length - 1] - stepEnds[0]) / 1000;
+  return (steps * config.train.batch_size * config.train.grad_accum) / seconds;
+}
+
 const { backend, device } = await selectBackend(args.backend);
 console.log(`backend ${backend} (${device})`);
 
@@ -65,6 +91,19 @@ if (sections.has('model')) {
       `sam2.1-tiny image path @${size}: forward ${forwardMs.toFixed(0)} ms/img (${(1000 / forwardMs).toFixed(3)} img/s), ` +
         `forward+backward ${trainMs.toFixed(0)} ms/img (${(1000 / trainMs).toFixed(3)} img/s)`,
     );
+  }
+}
+
+if (sections.has('train')) {
+  const demo = await benchTraining('configs/demo.yaml', [`backend=${backend}`], args['train-steps']);
+  console.log(`training, demo config (reduced model @128, batch 8): ${demo.toFixed(2)} img/s`);
+  for (const size of args.sizes.split(',').map(Number)) {
+    const tiny = await benchTraining(
+      'configs/ct-lesion-small.yaml',
+      [`backend=${backend}`, 'model.config=null', `model.image_size=${size}`, 'train.batch_size=1'],
+      args['train-steps'],
+    );
+    console.log(`training, sam2.1-tiny @${size} (batch 1, real CT slices): ${tiny.toFixed(3)} img/s`);
   }
 }
 

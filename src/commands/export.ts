@@ -9,7 +9,7 @@ import { existsSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { CommandModule } from 'yargs';
 import type { BackendName } from '../backend.js';
-import type { Sam2Config } from '../model/config.js';
+import { MODEL_PRESETS, resolveModelChoice, type ModelChoice, type Sam2Config } from '../model/config.js';
 
 interface ExportArgs {
   checkpoint: string;
@@ -28,13 +28,11 @@ interface ExportArgs {
  * default preset. `--image-size` then overrides the resolution as training does.
  */
 export async function resolveExportConfig(checkpoint: string, model: string | undefined, imageSize: number | undefined): Promise<{ config: Sam2Config; source: string }> {
-  const { MODEL_PRESETS } = await import('../model/config.js');
-  const { resolveRunModelConfig } = await import('../train/train.js');
-  let runModel: { preset: 'sam2.1-tiny' | 'sam2-tiny'; config?: string | Record<string, unknown>; image_size?: number } | undefined;
+  let runModel: ModelChoice;
   let source: string;
   if (model !== undefined) {
     if (Object.hasOwn(MODEL_PRESETS, model)) {
-      runModel = { preset: model as 'sam2.1-tiny' | 'sam2-tiny' };
+      runModel = { preset: model };
     } else if (existsSync(model) && /\.(json|ya?ml)$/i.test(model)) {
       runModel = { preset: 'sam2.1-tiny', config: model };
     } else {
@@ -58,7 +56,7 @@ export async function resolveExportConfig(checkpoint: string, model: string | un
     if (!(Number.isInteger(imageSize) && imageSize > 0 && imageSize % 32 === 0)) throw new Error(`--image-size ${imageSize}: must be a positive multiple of 32`);
     runModel = { ...runModel, image_size: imageSize };
   }
-  return { config: resolveRunModelConfig(runModel as Parameters<typeof resolveRunModelConfig>[0]), source };
+  return { config: resolveModelChoice(runModel), source };
 }
 
 export async function runExport(args: ExportArgs): Promise<void> {

@@ -3,41 +3,15 @@
  * count, the count per top-level module and every state-dict key with its shape, for a model
  * preset or config (the keys our SAM2Base builds) or for a checkpoint (the file's own tensors).
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import type { CommandModule } from 'yargs';
-import { parse as parseYaml } from 'yaml';
-import { MODEL_PRESETS, resolveModelConfig, type Sam2Config, type Sam2ConfigInput } from '../model/config.js';
+import { MODEL_PRESETS, readModelConfigFile, type Sam2Config } from '../model/config.js';
 import { countByModule, paramCount } from '../model/weights.js';
 
 export interface InspectResult {
   param_count: number;
   by_module: Record<string, number>;
   keys: Record<string, number[]>;
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-/**
- * A model config file: JSON or YAML, either the model block itself (official style, `_target_`
- * keys allowed), an official config file with a `model:` block, or a fixture `meta.json` with
- * `model_config`.
- */
-export function readModelConfigFile(path: string): Sam2Config {
-  let doc: unknown;
-  const text = readFileSync(path, 'utf8');
-  try {
-    doc = /\.ya?ml$/i.test(path) ? parseYaml(text) : JSON.parse(text);
-  } catch (err) {
-    throw new Error(`${path}: cannot parse model config (${(err as Error).message})`);
-  }
-  if (!isObject(doc)) throw new Error(`${path}: a model config must be an object`);
-  const block = isObject(doc.model_config) ? doc.model_config : isObject(doc.model) ? doc.model : doc;
-  if (!isObject(block.image_encoder)) {
-    throw new Error(`${path}: no model config found (expected image_encoder, memory_attention, ... at the top, under 'model', or under 'model_config')`);
-  }
-  return resolveModelConfig(block as Sam2ConfigInput);
 }
 
 function fromShapes(entries: Iterable<[string, number[]]>): InspectResult {

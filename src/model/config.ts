@@ -1,3 +1,6 @@
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+
 /**
  * Model configuration, field for field the official SAM2 YAML model configs
  * (`configs/sam2.1/sam2.1_hiera_t.yaml` under `model:`), minus the `_target_` class paths.
@@ -254,4 +257,56 @@ export const MODEL_PRESETS: Record<string, Sam2Config> = {
  */
 export function resolveModelConfig(input: Sam2ConfigInput, base: Sam2Config = SAM2_1_TINY): Sam2Config {
   return merge(base, input);
+}
+
+/**
+ * A model config file: JSON or YAML, either the model block itself (official style, `_target_`
+ * keys allowed), an official config file with a `model:` block, or a fixture `meta.json` with
+ * `model_config`.
+ */
+export function readModelConfigFile(path: string, base: Sam2Config = SAM2_1_TINY): Sam2Config {
+  let doc: unknown;
+  const text = readFileSync(path, 'utf8');
+  try {
+    doc = /\.ya?ml$/i.test(path) ? parseYaml(text) : JSON.parse(text);
+  } catch (err) {
+    throw new Error(`${path}: cannot parse model config (${(err as Error).message})`);
+  }
+  if (!isPlainObject(doc)) throw new Error(`${path}: a model config must be an object`);
+  const block = isPlainObject(doc.model_config) ? doc.model_config : isPlainObject(doc.model) ? doc.model : doc;
+  if (!isPlainObject(block.image_encoder)) {
+    throw new Error(`${path}: no model config found (expected image_encoder, memory_attention, ... at the top, under 'model', or under 'model_config')`);
+  }
+  return resolveModelConfig(block as Sam2ConfigInput, base);
+}
+
+/** Which model a run uses: a preset, optional overrides (an object, or a config file), an input size. */
+export interface ModelChoice {
+  preset: string;
+  config?: string | Record<string, unknown> | null;
+  image_size?: number;
+}
+
+/** The model config of a run: preset, then `config` (object or file), then `image_size`. */
+export function resolveModelChoice(choice: ModelChoice): Sam2Config {
+  const preset = MODEL_PRESETS[choice.preset];
+  if (!preset) throw new Error(`model preset '${choice.preset}': unknown (presets: ${Object.keys(MODEL_PRESETS).join(', ')})`);
+  let cfg =
+    typeof choice.config === 'string'
+      ? readModelConfigFile(choice.config, preset)
+      : resolveModelConfig((choice.config ?? {}) as Sam2ConfigInput, preset);
+  if (choice.image_size !== undefined && choice.image_size !== cfg.image_size) {
+    // RoPE tables follow the stride-16 feature grid of the new size
+    const feat = choice.image_size / 16;
+    cfg = resolveModelConfig(
+      {
+        image_size: choice.image_size,
+        memory_attention: {
+          layer: { self_attention: { feat_sizes: [feat, feat] }, cross_attention: { feat_sizes: [feat, feat] } },
+        },
+      } as Sam2ConfigInput,
+      cfg,
+    );
+  }
+  return cfg;
 }

@@ -6,11 +6,10 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MODEL_PRESETS, type Sam2Config } from '../model/config.js';
+import { MODEL_PRESETS, resolveModelChoice, type Sam2Config } from '../model/config.js';
 import { SAM2Base } from '../model/sam2.js';
 import { grayToModelInput, VolumePropagator } from '../model/video-predictor.js';
 import { initParams } from '../model/weights.js';
-import { resolveRunModelConfig } from '../train/train.js';
 import { buildGraph, exportGraphs } from './export.js';
 import { geometry, type GraphKey } from './graphs.js';
 import { createSession, OnnxModel, OrtFrameGraphs, runSession, type HostArray } from './runtime.js';
@@ -46,7 +45,7 @@ export interface BenchOptions {
 /** A preset at another input size (the RoPE feature sizes follow, as in training). */
 export function presetAt(preset: string, imageSize: number): Sam2Config {
   if (!Object.hasOwn(MODEL_PRESETS, preset)) throw new Error(`unknown preset '${preset}'`);
-  return resolveRunModelConfig({ preset, image_size: imageSize } as Parameters<typeof resolveRunModelConfig>[0]);
+  return resolveModelChoice({ preset, image_size: imageSize });
 }
 
 function filled(shape: number[], f: (i: number) => number): HostArray {

@@ -17,7 +17,7 @@ const ModelSchema = z.strictObject({
   /** a built-in model config, e.g. 'sam2.1-tiny' */
   preset: z.enum(['sam2.1-tiny', 'sam2-tiny']).default('sam2.1-tiny'),
   /** overrides of the preset: an official model-config object (like an official YAML's `model:`) or a path to one (.yaml/.json) */
-  config: z.union([z.string().min(1), z.record(z.string(), z.unknown())]).optional(),
+  config: z.union([z.string().min(1), z.record(z.string(), z.unknown())]).nullish(),
   /** input resolution; overrides the preset's (and rescales the RoPE feature sizes) */
   image_size: positiveInt.multipleOf(16).optional(),
   /** an official SAM2/SAM2.1/MedSAM2 checkpoint (.pt or .safetensors) to start from; none: a seeded random init */

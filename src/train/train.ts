@@ -13,11 +13,10 @@ import * as tf from '@tensorflow/tfjs-core';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { selectBackend } from '../backend.js';
-import { readModelConfigFile } from '../commands/inspect.js';
 import { buildValSet, createTrainLoader, type TrainLoader } from '../data/loader.js';
 import type { Batch } from '../data/types.js';
 import { readStateDict } from '../io/checkpoint-file.js';
-import { MODEL_PRESETS, resolveModelConfig, type Sam2Config, type Sam2ConfigInput } from '../model/config.js';
+import { resolveModelChoice } from '../model/config.js';
 import { SAM2Base } from '../model/sam2.js';
 import { TfOps } from '../model/tf-ops.js';
 import { fromTfParams, initParams, loadStateDict, paramCount, toTfParams, type StateDict } from '../model/weights.js';
@@ -62,27 +61,6 @@ export interface TrainResult {
 
 export class NonFiniteLossError extends Error {}
 
-/** The model config of a run: preset, then `model.config` (object or file), then `image_size`. */
-export function resolveRunModelConfig(model: TrainConfig['model']): Sam2Config {
-  const preset = MODEL_PRESETS[model.preset];
-  let cfg =
-    typeof model.config === 'string'
-      ? readModelConfigFile(model.config)
-      : resolveModelConfig((model.config ?? {}) as Sam2ConfigInput, preset);
-  if (model.image_size !== undefined && model.image_size !== cfg.image_size) {
-    const feat = model.image_size / 16;
-    cfg = resolveModelConfig(
-      {
-        image_size: model.image_size,
-        memory_attention: {
-          layer: { self_attention: { feat_sizes: [feat, feat] }, cross_attention: { feat_sizes: [feat, feat] } },
-        },
-      } as Sam2ConfigInput,
-      cfg,
-    );
-  }
-  return cfg;
-}
 
 /**
  * Dice of the trivial answer "an ellipse filling the prompt box" against each sample's ground
@@ -143,7 +121,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   };
 
   // --- model and weights -------------------------------------------------------------------
-  const modelConfig = resolveRunModelConfig(config.model);
+  const modelConfig = resolveModelChoice(config.model);
   const model = new SAM2Base(modelConfig);
   const specs = model.paramSpecs();
   const resumeDir = opts.resume === 'auto' ? findCheckpoint(runDir) : opts.resume;
