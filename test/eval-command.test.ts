@@ -8,6 +8,11 @@ import { evalCommand } from '../src/commands/eval.js';
 import { evaluateCase, evaluateDirs, evaluateWithPredictor, reportCsv, reportJson } from '../src/eval/evaluate.js';
 import { normalizedSurfaceDice, scoreBinary } from '../src/eval/metrics.js';
 import { encodeNpz, readNpz, type TypedArray } from '../src/io/npz.js';
+import { readSafetensors } from '../src/io/safetensors.js';
+import { resolveModelConfig } from '../src/model/config.js';
+import { exportGraphs } from '../src/onnx/export.js';
+import { predictCase } from '../src/onnx/predict.js';
+import { OnnxModel } from '../src/onnx/runtime.js';
 
 const root = mkdtempSync(join(tmpdir(), 'medtune-eval-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -253,5 +258,48 @@ describe('evaluate: directories, conventions and output', () => {
     const direct = evaluateDirs(d.pred, d.gt, { toleranceMm: 1 });
     expect(printed).toEqual(JSON.parse(reportJson(direct)));
     expect(readFileSync(csvPath, 'utf8')).toBe(reportCsv(direct));
+  });
+});
+
+describe('eval --onnx: predict first from an export, then score', () => {
+  it('writes each prediction to --pred and scores exactly what predictCase segments', async () => {
+    const golden = join(import.meta.dirname, 'fixtures', 'golden-small256');
+    const config = resolveModelConfig(JSON.parse(readFileSync(join(golden, 'meta.json'), 'utf8')).model_config);
+    const exportDir = join(root, 'onnx', 'export');
+    exportGraphs(config, readSafetensors(join(golden, 'weights.safetensors')), exportDir);
+    const d = dirs('onnx');
+    // a small 3-slice volume with one bright block labelled 1
+    const [D, H, W] = [3, 64, 64];
+    const imgs = new Uint8Array(D * H * W).fill(40);
+    const gts = new Uint8Array(D * H * W);
+    for (let z = 0; z < D; z++)
+      for (let y = 20; y < 40; y++)
+        for (let x = 16; x < 44; x++) {
+          imgs[(z * H + y) * W + x] = 200;
+          gts[(z * H + y) * W + x] = 1;
+        }
+    const arrays = { imgs: { data: imgs, shape: [D, H, W] }, gts: { data: gts, shape: [D, H, W] }, spacing: { data: Float64Array.from([1, 1, 2]), shape: [3] } };
+    writeNpz(join(d.gt, 'case.npz'), arrays);
+
+    const out: string[] = [];
+    const spy = vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => {
+      out.push(String(chunk));
+      return true;
+    });
+    try {
+      await yargs().command(evalCommand).strict().parseAsync(['eval', '--onnx', exportDir, '--pred', d.pred, '--gt', d.gt, '--json']);
+    } finally {
+      spy.mockRestore();
+    }
+    const printed = JSON.parse(out.join(''));
+    expect(printed.cases.map((c: { case: string; label: number }) => [c.case, c.label])).toEqual([['case.npz', 1]]);
+
+    const written = readNpz(join(d.pred, 'case.npz')).segs;
+    expect(written.shape).toEqual([D, H, W]);
+    const model = OnnxModel.open(exportDir);
+    const direct = await predictCase(model, readNpz(join(d.gt, 'case.npz')), 'case.npz');
+    await model.release();
+    expect(Array.from(written.data as Uint8Array)).toEqual(Array.from(direct.data));
+    expect(printed).toEqual(JSON.parse(reportJson(evaluateDirs(d.pred, d.gt))));
   });
 });

@@ -3,6 +3,8 @@ import type { Argv, CommandModule } from 'yargs';
 
 interface EvalArgs {
   pred: string;
+  onnx?: string;
+  threads?: number;
   gt: string;
   'tolerance-mm': number;
   json: boolean;
@@ -17,7 +19,16 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
   describe: 'Score predictions against ground truth: DSC and NSD per case and label, and their means',
   builder: (y: Argv<object>) =>
     y
-      .option('pred', { type: 'string', demandOption: true, describe: 'directory of prediction npz files holding `segs`' })
+      .option('pred', {
+        type: 'string',
+        demandOption: true,
+        describe: 'directory of prediction npz files holding `segs` (with --onnx: where the predictions are written)',
+      })
+      .option('onnx', {
+        type: 'string',
+        describe: 'predict first with this `medtune export` folder: every --gt volume segmented from the boxes of its labels',
+      })
+      .option('threads', { type: 'number', describe: 'with --onnx: onnxruntime intra-op threads' })
       .option('gt', {
         type: 'string',
         demandOption: true,
@@ -48,24 +59,43 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
         describe: 'labels scored: those in the ground truth (challenge), or also those only in the prediction (scored 0)',
       }) as unknown as Argv<EvalArgs>,
   handler: async (argv) => {
-    const { evaluateDirs, reportCsv, reportJson, reportTable } = await import('../eval/evaluate.js');
+    const { evaluateDirs, evaluateWithPredictor, reportCsv, reportJson, reportTable } = await import('../eval/evaluate.js');
     const { writeFileSync } = await import('node:fs');
-    // Prediction-first evaluation from an ONNX export plugs in here through
-    // `evaluateWithPredictor(gtDir, predict, options)` in src/eval/evaluate.ts.
-    const report = evaluateDirs(
-      argv.pred,
-      argv.gt,
-      {
-        toleranceMm: argv['tolerance-mm'],
-        spacingOrder: argv['spacing-order'],
-        nsd2d: argv['nsd-2d'],
-        labels: argv.labels,
-      },
-      argv.json ? undefined : (name, rows) => {
-        const mean = (k: 'dsc' | 'nsd') => rows.reduce((a, r) => a + r[k], 0) / rows.length;
-        process.stderr.write(`${name}: ${rows.length} label(s), DSC ${mean('dsc').toFixed(4)}, NSD ${mean('nsd').toFixed(4)}\n`);
-      },
-    );
+    const options = {
+      toleranceMm: argv['tolerance-mm'],
+      spacingOrder: argv['spacing-order'],
+      nsd2d: argv['nsd-2d'],
+      labels: argv.labels,
+    };
+    const onCase = argv.json
+      ? undefined
+      : (name: string, rows: Array<{ dsc: number; nsd: number }>) => {
+          const mean = (k: 'dsc' | 'nsd') => rows.reduce((a, r) => a + r[k], 0) / rows.length;
+          process.stderr.write(`${name}: ${rows.length} label(s), DSC ${mean('dsc').toFixed(4)}, NSD ${mean('nsd').toFixed(4)}\n`);
+        };
+    let report;
+    if (argv.onnx) {
+      const { mkdirSync } = await import('node:fs');
+      const { basename, join } = await import('node:path');
+      const { OnnxModel } = await import('../onnx/runtime.js');
+      const { predictCase } = await import('../onnx/predict.js');
+      const { encodeNpz } = await import('../io/npz.js');
+      const model = OnnxModel.open(argv.onnx, { threads: argv.threads });
+      mkdirSync(argv.pred, { recursive: true });
+      report = await evaluateWithPredictor(
+        argv.gt,
+        async (gtFile, arrays) => {
+          const seg = await predictCase(model, arrays, gtFile);
+          writeFileSync(join(argv.pred, basename(gtFile)), encodeNpz({ segs: seg }));
+          return seg;
+        },
+        options,
+        onCase,
+      );
+      await model.release();
+    } else {
+      report = evaluateDirs(argv.pred, argv.gt, options, onCase);
+    }
     for (const w of report.warnings) process.stderr.write(`warning: ${w}\n`);
     if (argv.csv) writeFileSync(argv.csv, reportCsv(report));
     process.stdout.write(`${argv.json ? reportJson(report) : reportTable(report)}\n`);
