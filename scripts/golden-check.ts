@@ -22,7 +22,7 @@ import { readNpz, type NpyArray } from '../src/io/npz.js';
 import { readSafetensors, type StateDict } from '../src/io/safetensors.js';
 import { resolveModelConfig } from '../src/model/config.js';
 import { SAM2Base } from '../src/model/sam2.js';
-import { checkGoldenPropagation, PROPAGATION_AGREEMENT, PROPAGATION_TOL } from '../src/model/propagation-check.js';
+import { checkGoldenPropagation, FORWARD_TOL, goldenRelError, PROPAGATION_AGREEMENT, PROPAGATION_TOL } from '../src/model/reference-compare.js';
 import { TfFrameGraphs } from '../src/model/tf-frame-graphs.js';
 import { TfOps } from '../src/model/tf-ops.js';
 import { onnxGoldenCheck } from '../src/onnx/golden.js';
@@ -30,7 +30,6 @@ import { loadStateDict, toTfParams } from '../src/model/weights.js';
 import { bceWithLogits, diceLoss } from '../src/train/loss.js';
 import { AdamW, buildParamGroups } from '../src/train/optimizer.js';
 
-export const FORWARD_TOL = 1e-4;
 export const GRAD_REL_TOL = 1e-3;
 export const GRAD_ABS_TOL = 1e-7;
 export const ADAMW_TOL = 1e-6;
@@ -53,16 +52,6 @@ const TRAINABLE = ['image_encoder.', 'sam_mask_decoder.'];
 
 function nchw(x: tf.Tensor): tf.Tensor {
   return x.rank === 4 ? tf.transpose(x, [0, 3, 1, 2]) : x;
-}
-
-function maxRelError(ours: Float32Array, ref: Float32Array): number {
-  let err = 0;
-  let peak = 0;
-  for (let i = 0; i < ref.length; i++) {
-    err = Math.max(err, Math.abs(ours[i] - ref[i]));
-    peak = Math.max(peak, Math.abs(ref[i]));
-  }
-  return err / Math.max(1, peak);
 }
 
 /** Runs every check of the fixture in `dir`; `log` gets one line per tensor as it goes. */
@@ -117,7 +106,7 @@ export async function runGoldenCheck(
     if (!ref) return;
     const t = channelsLast ? nchw(ours) : ours;
     if (t.shape.join() !== ref.shape.join()) fail(name, `shape [${t.shape}] vs reference [${ref.shape}]`);
-    else record(name, maxRelError(t.dataSync() as Float32Array, ref.data as Float32Array), FORWARD_TOL, 'rel max err');
+    else record(name, goldenRelError(t.dataSync() as Float32Array, ref.data as Float32Array), FORWARD_TOL, 'rel max err');
     if (t !== ours) t.dispose();
   };
 
@@ -169,7 +158,7 @@ export async function runGoldenCheck(
     const ptParams = toTfParams(fromPt, { trainable: () => false });
     const masks = tf.tidy(() => model.predictFromBoxes(new TfOps(ptParams), image, box).masks);
     const ref = expected['single.masks'];
-    record('single.masks with weights.pt', maxRelError(masks.dataSync() as Float32Array, ref.data as Float32Array), FORWARD_TOL, 'rel max err');
+    record('single.masks with weights.pt', goldenRelError(masks.dataSync() as Float32Array, ref.data as Float32Array), FORWARD_TOL, 'rel max err');
     tf.dispose([masks, ...ptParams.values()]);
   }
 

@@ -10,7 +10,7 @@ import { antialiasBilinearMatrix, SAM2Base } from '../src/model/sam2.js';
 import { MLP } from '../src/model/sam2-utils.js';
 import { TfOps } from '../src/model/tf-ops.js';
 import { relMaxError } from './helpers/golden.js';
-import { checkGoldenPropagation, PROPAGATION_AGREEMENT, PROPAGATION_TOL } from '../src/model/propagation-check.js';
+import { checkGoldenPropagation, PROPAGATION_AGREEMENT, PROPAGATION_TOL } from '../src/model/reference-compare.js';
 import { TfFrameGraphs } from '../src/model/tf-frame-graphs.js';
 import {
   largestComponent,

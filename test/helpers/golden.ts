@@ -3,6 +3,7 @@ import '@tensorflow/tfjs-backend-cpu';
 import { readNpz, type NpyArray } from '../../src/io/npz.js';
 import { readSafetensors } from '../../src/io/safetensors.js';
 import { resolveModelConfig, type Sam2Config } from '../../src/model/config.js';
+import { goldenRelError } from '../../src/model/reference-compare.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -33,16 +34,7 @@ export function nchwToNhwc(a: NpyArray): tf.Tensor {
   return tf.tidy(() => tf.transpose(tf.tensor(a.data as Float32Array, a.shape), [0, 2, 3, 1]));
 }
 
-/** max |ours - ref| / max(1, max |ref|) — the README's forward tolerance is 1e-4. */
+/** The README's forward error of a tfjs tensor against a reference array. */
 export function relMaxError(ours: tf.Tensor, ref: NpyArray): number {
-  const o = ours.dataSync();
-  const r = ref.data as Float32Array;
-  if (o.length !== r.length) throw new Error(`size mismatch: ours ${ours.shape} vs ref ${ref.shape}`);
-  let maxErr = 0;
-  let maxRef = 0;
-  for (let i = 0; i < r.length; i++) {
-    maxErr = Math.max(maxErr, Math.abs(o[i] - r[i]));
-    maxRef = Math.max(maxRef, Math.abs(r[i]));
-  }
-  return maxErr / Math.max(1, maxRef);
+  return goldenRelError(ours.dataSync(), ref.data as Float32Array);
 }

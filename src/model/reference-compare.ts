@@ -1,15 +1,31 @@
 /**
- * The 3D propagation protocol of the golden fixture (propagation.npz, see its README): a mask
- * prompt on the middle slice, then forward and reverse propagation through the memory path.
- * Shared by the golden check, the tests and the ONNX check, whichever `Sam2FrameGraphs` runs it.
+ * Comparing against the official model's golden fixture (test/fixtures/golden-small256, README
+ * tolerances): the forward error measure, and the 3D propagation protocol of propagation.npz (a
+ * mask prompt on the middle slice, then forward and reverse propagation through the memory path).
+ * Shared by scripts/golden-check.ts, the tests and the ONNX check.
  */
 import type { NpyArray } from '../io/npz.js';
 import { grayToModelInput, VolumePropagator, type Sam2FrameGraphs, type SliceResult } from './video-predictor.js';
 
+/** README: forward tensors max |ours - ref| <= 1e-4 * max(1, max |ref|). */
+export const FORWARD_TOL = 1e-4;
 /** README: per slice max |ours - ref| <= 1e-3 * max(1, max |ref|) ... */
 export const PROPAGATION_TOL = 1e-3;
 /** ... and the masks `> 0` agree on at least 99.9% of pixels. */
 export const PROPAGATION_AGREEMENT = 0.999;
+
+/** max |ours - ref| / max(1, max |ref|): the README's error measure for forward tensors and slices. */
+export function goldenRelError(ours: ArrayLike<number>, ref: ArrayLike<number>): number {
+  if (ours.length !== ref.length) throw new Error(`size mismatch: ${ours.length} values vs ${ref.length} in the reference`);
+  let maxErr = 0;
+  let maxRef = 0;
+  for (let i = 0; i < ref.length; i++) {
+    const d = Math.abs(ours[i] - ref[i]);
+    maxErr = Number.isNaN(d) ? Infinity : Math.max(maxErr, d);
+    maxRef = Math.max(maxRef, Math.abs(ref[i]));
+  }
+  return maxErr / Math.max(1, maxRef);
+}
 
 export interface PropagationLine {
   /** `fwd.i` / `rev.i`, the fixture's key */
@@ -46,15 +62,9 @@ export async function checkGoldenPropagation<H>(
     const name = `${result.direction === 'forward' ? 'fwd' : 'rev'}.${result.frameIdx}`;
     const ref = prop[name]?.data as Float32Array | undefined;
     if (!ref) return { name, error: Infinity, agreement: 0, ok: false, result };
-    let maxErr = 0;
-    let maxRef = 0;
     let agree = 0;
-    for (let i = 0; i < ref.length; i++) {
-      maxErr = Math.max(maxErr, Math.abs(result.logits[i] - ref[i]));
-      maxRef = Math.max(maxRef, Math.abs(ref[i]));
-      if (result.logits[i] > 0 === ref[i] > 0) agree++;
-    }
-    const error = maxErr / Math.max(1, maxRef);
+    for (let i = 0; i < ref.length; i++) if (result.logits[i] > 0 === ref[i] > 0) agree++;
+    const error = goldenRelError(result.logits, ref);
     const agreement = agree / ref.length;
     return { name, error, agreement, ok: error <= PROPAGATION_TOL && agreement >= PROPAGATION_AGREEMENT, result };
   });
