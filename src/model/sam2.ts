@@ -182,69 +182,114 @@ export class SAM2Base implements Module {
    * features fused with the given memory bank through memory attention, (B, h, w, C).
    * `memory === null` marks an initial conditioning frame (no memory): `no_mem_embed` is added
    * directly (directly_add_no_mem_embed) or attended to as a single dummy memory token.
+   * A non-initial frame's bank is turned into tensors here and fused by `attendToMemory`.
    */
   conditionOnMemory<T>(ops: Ops<T>, frame: FrameFeatures<T>, memory: MemoryContext<T> | null): T {
     const c = this.config;
     const C = this.hiddenDim;
     const memDim = this.memDim;
-    const [, h, w] = ops.shape(frame.visionFeats);
+    const [batch, h, w] = ops.shape(frame.visionFeats);
     if (c.num_maskmem === 0) return frame.visionFeats;
-    if (memory === null && c.directly_add_no_mem_embed) {
-      return ops.add(frame.visionFeats, ops.reshape(ops.param('no_mem_embed'), [1, 1, 1, C]));
-    }
-    const curr = ops.reshape(frame.visionFeats, [-1, h * w, C]);
-    const batch = ops.shape(curr)[0];
-    const currPos = ops.tile(ops.reshape(frame.visionPos, [-1, h * w, C]), [batch / ops.shape(frame.visionPos)[0], 1, 1]);
-    const tokens: T[] = [];
-    const tokenPos: T[] = [];
-    let numObjPtrTokens = 0;
     if (memory === null) {
+      if (c.directly_add_no_mem_embed) return ops.add(frame.visionFeats, ops.reshape(ops.param('no_mem_embed'), [1, 1, 1, C]));
       if (C !== memDim) throw new Error('conditionOnMemory: a no-memory token needs hidden_dim == mem_dim');
-      tokens.push(ops.tile(ops.reshape(ops.param('no_mem_embed'), [1, 1, C]), [batch, 1, 1]));
-      tokenPos.push(ops.tile(ops.reshape(ops.param('no_mem_pos_enc'), [1, 1, C]), [batch, 1, 1]));
-    } else {
-      for (const m of memory.memories) {
-        const [mb, mh, mw] = ops.shape(m.features);
-        if (mb !== batch) throw new Error(`conditionOnMemory: memory batch ${mb} for a batch of ${batch}`);
-        tokens.push(ops.reshape(m.features, [-1, mh * mw, memDim]));
-        const idx = c.num_maskmem - m.tPos - 1;
-        if (idx < 0 || idx >= c.num_maskmem) throw new Error(`conditionOnMemory: t_pos ${m.tPos} outside 0..${c.num_maskmem - 1}`);
-        const tpos = ops.reshape(ops.slice(ops.param('maskmem_tpos_enc'), [idx, 0, 0, 0], [1, 1, 1, memDim]), [1, 1, memDim]);
-        const pos = ops.add(ops.reshape(m.posEnc, [-1, mh * mw, memDim]), tpos);
-        tokenPos.push(ops.shape(pos)[0] === batch ? pos : ops.tile(pos, [batch, 1, 1]));
+      const out = this.memoryAttention.forward(ops, {
+        curr: ops.reshape(frame.visionFeats, [-1, h * w, C]),
+        currPos: ops.reshape(tileToBatch(ops, frame.visionPos, batch), [-1, h * w, C]),
+        memory: ops.tile(ops.reshape(ops.param('no_mem_embed'), [1, 1, C]), [batch, 1, 1]),
+        memoryPos: ops.tile(ops.reshape(ops.param('no_mem_pos_enc'), [1, 1, C]), [batch, 1, 1]),
+        numObjPtrTokens: 0,
+      });
+      return ops.reshape(out, [-1, h, w, C]);
+    }
+    const numMem = memory.memories.length;
+    if (numMem === 0) throw new Error('conditionOnMemory: a non-initial frame needs at least one spatial memory');
+    const tposOneHot = new Float32Array(numMem * c.num_maskmem);
+    memory.memories.forEach((m, f) => {
+      const [mb, mh, mw] = ops.shape(m.features);
+      if (mb !== batch || mh !== h || mw !== w) {
+        throw new Error(`conditionOnMemory: memory ${f} is (${ops.shape(m.features).join(', ')}), the frame needs (${batch}, ${h}, ${w}, ${memDim})`);
       }
-      if (c.use_obj_ptrs_in_encoder && memory.objPtrs.length > 0) {
-        const p = memory.objPtrs.length;
-        let ptrs = ops.concat(memory.objPtrs.map((o) => ops.reshape(o.ptr, [-1, 1, C])), 1); // (B, P, C)
-        let ptrPos: T;
-        if (c.add_tpos_enc_to_obj_ptrs) {
-          const tposDim = c.proj_tpos_enc_in_obj_ptrs ? C : memDim;
-          const pe = ops.constant(
-            sine1dPositionTable(
-              memory.objPtrs.map((o) => o.tDiff / memory.tDiffMax),
-              tposDim,
-            ),
-            [p, tposDim],
-          );
-          ptrPos = c.proj_tpos_enc_in_obj_ptrs ? linear(ops, pe, 'obj_ptr_tpos_proj') : pe; // (P, memDim)
-        } else {
-          ptrPos = ops.constant(new Float32Array(p * memDim), [p, memDim]);
-        }
-        if (memDim < C) {
-          // split each pointer into C / memDim tokens (the official reshape + permute + flatten)
-          const k = C / memDim;
-          ptrs = ops.reshape(ptrs, [-1, p * k, memDim]);
-          ptrPos = ops.reshape(ops.tile(ops.reshape(ptrPos, [p, 1, memDim]), [1, k, 1]), [p * k, memDim]);
-        }
-        numObjPtrTokens = ops.shape(ptrs)[1];
-        tokens.push(ptrs);
-        tokenPos.push(ops.tile(ops.reshape(ptrPos, [1, numObjPtrTokens, memDim]), [batch, 1, 1]));
+      const row = c.num_maskmem - m.tPos - 1;
+      if (row < 0 || row >= c.num_maskmem) throw new Error(`conditionOnMemory: t_pos ${m.tPos} outside 0..${c.num_maskmem - 1}`);
+      tposOneHot[f * c.num_maskmem + row] = 1;
+    });
+    const perMemory = (x: T) => ops.reshape(x, [-1, 1, h * w, memDim]);
+    const spatial = {
+      features: ops.concat(memory.memories.map((m) => perMemory(m.features)), 1),
+      posEnc: ops.concat(memory.memories.map((m) => perMemory(m.posEnc)), 1),
+      tposOneHot: ops.constant(tposOneHot, [numMem, c.num_maskmem]),
+    };
+    const ptrs = memory.objPtrs;
+    const objPtrs =
+      c.use_obj_ptrs_in_encoder && ptrs.length > 0
+        ? {
+            ptrs: ops.concat(ptrs.map((o) => ops.reshape(o.ptr, [-1, 1, C])), 1),
+            tpos: ops.constant(Float32Array.from(ptrs.map((o) => o.tDiff / memory.tDiffMax)), [ptrs.length, 1]),
+          }
+        : undefined;
+    return this.attendToMemory(ops, { curr: frame.visionFeats, currPos: frame.visionPos, spatial, objPtrs });
+  }
+
+  /**
+   * Memory attention of the current frame over a memory bank given as tensors, (B, h, w, C): the
+   * bank assembly of `_prepare_memory_conditioned_features` (spatial memories with their
+   * `maskmem_tpos_enc`, object pointers with their projected 1-D sine temporal encoding, split
+   * into C / Cm tokens each) followed by `memory_attention`. Both the eager propagation
+   * (`conditionOnMemory`) and the exported memory-attention graph run this; see `MemoryBankInputs`.
+   */
+  attendToMemory<T>(ops: Ops<T>, bank: MemoryBankInputs<T>): T {
+    const c = this.config;
+    const C = this.hiddenDim;
+    const memDim = this.memDim;
+    const { curr, currPos, spatial, objPtrs } = bank;
+    const [batch, h, w, ch] = ops.shape(curr);
+    const hw = h * w;
+    if (ch !== C) throw new Error(`attendToMemory: current features must have ${C} channels, got (${ops.shape(curr).join(', ')})`);
+    const [fb, numMem, fhw, fc] = ops.shape(spatial.features);
+    if (fb !== batch || fhw !== hw || fc !== memDim) {
+      throw new Error(`attendToMemory: spatial memory features must be (${batch}, F, ${hw}, ${memDim}), got (${ops.shape(spatial.features).join(', ')})`);
+    }
+    const [tf0, tf1] = ops.shape(spatial.tposOneHot);
+    if (tf0 !== numMem || tf1 !== c.num_maskmem) {
+      throw new Error(`attendToMemory: tposOneHot must be (${numMem}, ${c.num_maskmem}), got (${ops.shape(spatial.tposOneHot).join(', ')})`);
+    }
+    // spatial memories: pos + maskmem_tpos_enc[num_maskmem - tPos - 1], picked by the one-hot rows (exact)
+    const tposTable = ops.reshape(ops.param('maskmem_tpos_enc'), [c.num_maskmem, memDim]);
+    const tpos = ops.reshape(ops.matMul(spatial.tposOneHot, tposTable), [-1, 1, memDim]); // (F, 1, Cm)
+    const spatialPos = tileToBatch(ops, ops.add(spatial.posEnc, tpos), batch);
+    const tokens = [ops.reshape(spatial.features, [-1, numMem * hw, memDim])];
+    const tokenPos = [ops.reshape(spatialPos, [-1, numMem * hw, memDim])];
+    let numObjPtrTokens = 0;
+    if (objPtrs) {
+      if (!c.use_obj_ptrs_in_encoder) throw new Error('attendToMemory: object pointers given but use_obj_ptrs_in_encoder is off');
+      const [pb, p, pc] = ops.shape(objPtrs.ptrs);
+      const [tp, t1] = ops.shape(objPtrs.tpos);
+      if (pb !== batch || pc !== C || tp !== p || t1 !== 1) {
+        throw new Error(`attendToMemory: object pointers must be (${batch}, P, ${C}) with tpos (P, 1), got (${ops.shape(objPtrs.ptrs).join(', ')}) and (${ops.shape(objPtrs.tpos).join(', ')})`);
       }
-      if (tokens.length === 0) throw new Error('conditionOnMemory: a non-initial frame needs at least one memory');
+      let ptrPos: T; // (P, Cm)
+      if (c.add_tpos_enc_to_obj_ptrs) {
+        const tposDim = c.proj_tpos_enc_in_obj_ptrs ? C : memDim;
+        const pe = sine1dPosition(ops, objPtrs.tpos, tposDim);
+        ptrPos = c.proj_tpos_enc_in_obj_ptrs ? linear(ops, pe, 'obj_ptr_tpos_proj') : pe;
+      } else {
+        ptrPos = ops.mul(ops.tile(objPtrs.tpos, [1, memDim]), 0); // zeros shaped by the (possibly dynamic) P
+      }
+      let ptrTokens = objPtrs.ptrs;
+      if (memDim < C) {
+        // each pointer becomes C / Cm tokens of Cm channels, pointer-major (the official split)
+        const k = C / memDim;
+        ptrTokens = ops.reshape(ptrTokens, [-1, p * k, memDim]);
+        ptrPos = ops.reshape(ops.tile(ops.reshape(ptrPos, [p, 1, memDim]), [1, k, 1]), [p * k, memDim]);
+      }
+      numObjPtrTokens = ops.shape(ptrTokens)[1];
+      tokens.push(ptrTokens);
+      tokenPos.push(tileToBatch(ops, ops.reshape(ptrPos, [1, numObjPtrTokens, memDim]), batch));
     }
     const out = this.memoryAttention.forward(ops, {
-      curr,
-      currPos,
+      curr: ops.reshape(curr, [-1, hw, C]),
+      currPos: ops.reshape(tileToBatch(ops, currPos, batch), [-1, hw, C]),
       memory: tokens.length === 1 ? tokens[0] : ops.concat(tokens, 1),
       memoryPos: tokenPos.length === 1 ? tokenPos[0] : ops.concat(tokenPos, 1),
       numObjPtrTokens,
@@ -505,6 +550,32 @@ export interface MemoryContext<T> {
   tDiffMax: number;
 }
 
+/**
+ * A memory bank as tensors, the input of `SAM2Base.attendToMemory` (F memories, P pointers;
+ * h, w the current frame's grid, C the hidden and Cm the memory dim).
+ */
+export interface MemoryBankInputs<T> {
+  /** (B, h, w, C) the current frame's top-level features */
+  curr: T;
+  /** (B or 1, h, w, C) their position encoding */
+  currPos: T;
+  spatial: {
+    /** (B, F, h*w, Cm) the memories' features, one row of h*w tokens per memory */
+    features: T;
+    /** (B or 1, F, h*w, Cm) their position encodings, without the temporal embedding */
+    posEnc: T;
+    /** (F, num_maskmem) one-hot: memory f takes `maskmem_tpos_enc[num_maskmem - t_pos - 1]` */
+    tposOneHot: T;
+  };
+  /** present only when use_obj_ptrs_in_encoder */
+  objPtrs?: {
+    /** (B, P, C) */
+    ptrs: T;
+    /** (P, 1) the pointers' normalized temporal distance tDiff / tDiffMax */
+    tpos: T;
+  };
+}
+
 /** `_forward_sam_heads` / `_use_mask_as_output` outputs (masks channels-first like the official ones). */
 export interface SamHeadsOutput<T> {
   /** (B, M, S/4, S/4) */
@@ -620,21 +691,22 @@ export function resizeBilinearAntialias<T>(ops: Ops<T>, x: T, size: [number, num
 }
 
 /**
- * Official `get_1d_sine_pe` for the given positions: (P, dim) rows [sin(p / t_i), cos(p / t_i)]
- * with t_i = temperature^(2 floor(i/2) / (dim/2)), in float32 steps.
+ * Official `get_1d_sine_pe` of positions held in a (P, 1) tensor: (P, dim) rows
+ * [sin(p / t_i), cos(p / t_i)] with t_i = temperature^(2 floor(i/2) / (dim/2)) computed in float32
+ * steps, and the division, sin and cos in float32.
  */
-export function sine1dPositionTable(positions: number[], dim: number, temperature = 10000): Float32Array {
-  const f32 = Math.fround;
+function sine1dPosition<T>(ops: Ops<T>, pos: T, dim: number, temperature = 10000): T {
   const half = dim / 2;
-  const out = new Float32Array(positions.length * dim);
-  for (let p = 0; p < positions.length; p++) {
-    const v = f32(positions[p]);
-    for (let i = 0; i < half; i++) {
-      const dimT = f32(temperature ** f32((2 * Math.floor(i / 2)) / half));
-      const a = f32(v / dimT);
-      out[p * dim + i] = Math.sin(a);
-      out[p * dim + half + i] = Math.cos(a);
-    }
-  }
-  return out;
+  const dimT = new Float32Array(half);
+  for (let i = 0; i < half; i++) dimT[i] = Math.fround(temperature ** Math.fround((2 * Math.floor(i / 2)) / half));
+  const a = ops.div(pos, ops.constant(dimT, [1, half]));
+  return ops.concat([ops.sin(a), ops.cos(a)], 1);
+}
+
+/** x with a leading batch of 1 or `batch`, tiled to `batch`. */
+function tileToBatch<T>(ops: Ops<T>, x: T, batch: number): T {
+  const shape = ops.shape(x);
+  if (shape[0] === batch) return x;
+  if (shape[0] !== 1) throw new Error(`tileToBatch: a leading dimension of ${shape[0]} cannot be tiled to a batch of ${batch}`);
+  return ops.tile(x, [batch, ...shape.slice(1).map(() => 1)]);
 }

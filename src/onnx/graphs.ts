@@ -11,7 +11,7 @@
  * | sam_heads.onnx                | pix_feat (B,C,h,h), high_res_0/1, point_coords, point_labels -> pred_masks (B,1,4h,4h) gated, obj_ptr (B,C), the same with _multi (best IoU), object_score_logits | forwardSamHeads (with the object-pointer projection) |
  * | mask_as_output.onnx           | vision_feats, high_res_0/1, mask (B,1,S,S) -> pred_masks, obj_ptr, object_score_logits | useMaskAsOutput |
  * | memory_encoder(_binarized).onnx | vision_feats, pred_masks, object_score_logits -> maskmem_features (B,h,h,Cm), maskmem_pos_enc (B,h,h,Cm) | upsampleMasks + encodeNewMemory (sigmoid / binarized masks) |
- * | memory_attention.onnx         | vision_feats (1,C,h,h), memory and memory_pos_enc (F,h,h,Cm), memory_tpos (F,num_maskmem) one-hot, obj_ptrs (P,C), obj_ptr_tpos (P,1) -> pix_feat (1,C,h,h) | the memory-bank assembly of conditionOnMemory + memoryAttention.forward |
+ * | memory_attention.onnx         | vision_feats (1,C,h,h), memory and memory_pos_enc (F,h,h,Cm), memory_tpos (F,num_maskmem) one-hot, obj_ptrs (P,C), obj_ptr_tpos (P,1) -> pix_feat (1,C,h,h) | attendToMemory (the memory-bank assembly + memory attention that conditionOnMemory runs) |
  */
 import type { Sam2Config } from '../model/config.js';
 import type { Ops } from '../model/ops.js';
@@ -175,78 +175,40 @@ export function memoryEncoderGraph(model: SAM2Base, binarized: boolean): GraphDe
 
 /**
  * Memory attention over a memory bank of `num_memories` spatial memories and `num_obj_ptrs`
- * object pointers, both dynamic. The bank is assembled as `SAM2Base.conditionOnMemory` does,
- * from tensors rather than per-entry JS values: the temporal-position embedding of each memory
- * is picked by a one-hot row (`memory_tpos`, exact), and the pointers' 1-D sine encoding is
- * computed in the graph from their normalized temporal distance (`obj_ptr_tpos` = tDiff / tDiffMax).
+ * object pointers, both dynamic: `SAM2Base.attendToMemory` on the graph inputs. The temporal
+ * position of each memory is a one-hot row (`memory_tpos`), and the pointers' 1-D sine encoding
+ * is computed in the graph from their normalized temporal distance (`obj_ptr_tpos` = tDiff / tDiffMax).
  * Batch 1 (the propagation loop tracks one object).
  */
 export function memoryAttentionGraph(model: SAM2Base): GraphDef {
   const c = model.config;
   const { h, C, Cm } = geometry(c);
-  const hw = h * h;
   const usePtrs = c.use_obj_ptrs_in_encoder;
   return {
     name: 'memory_attention',
     symbols: usePtrs ? { num_memories: 2, num_obj_ptrs: 2 } : { num_memories: 2 },
     build(ops, io) {
-      const feats = toNhwc(ops, io.input('vision_feats', [1, C, h, h]));
+      const curr = toNhwc(ops, io.input('vision_feats', [1, C, h, h]));
       const memFeats = io.input('memory', ['num_memories', h, h, Cm]);
       const memPosEnc = io.input('memory_pos_enc', ['num_memories', h, h, Cm]);
       const memTpos = io.input('memory_tpos', ['num_memories', c.num_maskmem]);
-      const curr = ops.reshape(feats, [1, hw, C]);
-      const currPos = ops.reshape(model.imageEncoder.neck.positionEncoding.forward(ops, h, h), [1, hw, C]);
-      // spatial memories: pos + maskmem_tpos_enc[num_maskmem - tPos - 1]
-      const tposTable = ops.reshape(ops.param('maskmem_tpos_enc'), [c.num_maskmem, Cm]);
-      const tpos = ops.reshape(ops.matMul(memTpos, tposTable), [-1, 1, 1, Cm]);
-      const tokens = [ops.reshape(memFeats, [1, -1, Cm])];
-      const tokenPos = [ops.reshape(ops.add(memPosEnc, tpos), [1, -1, Cm])];
-      let numObjPtrTokens = 0;
+      const numMem = ops.shape(memFeats)[0];
+      const spatial = {
+        features: ops.reshape(memFeats, [1, numMem, h * h, Cm]),
+        posEnc: ops.reshape(memPosEnc, [1, numMem, h * h, Cm]),
+        tposOneHot: memTpos,
+      };
+      let objPtrs: { ptrs: typeof curr; tpos: typeof curr } | undefined;
       if (usePtrs) {
         const ptrs = io.input('obj_ptrs', ['num_obj_ptrs', C]);
-        const ptrT = io.input('obj_ptr_tpos', ['num_obj_ptrs', 1]);
-        const p = ops.shape(ptrs)[0];
-        let ptrPos: typeof ptrs;
-        if (c.add_tpos_enc_to_obj_ptrs) {
-          const tposDim = c.proj_tpos_enc_in_obj_ptrs ? C : Cm;
-          const pe = sine1dPositionGraph(ops, ptrT, tposDim);
-          ptrPos = c.proj_tpos_enc_in_obj_ptrs ? ops.linear(pe, ops.param('obj_ptr_tpos_proj.weight'), ops.param('obj_ptr_tpos_proj.bias')) : pe;
-        } else {
-          ptrPos = ops.mul(ops.tile(ops.slice(ptrs, [0, 0], [-1, 1]), [1, Cm]), 0);
-        }
-        let ptrTokens = ops.reshape(ptrs, [1, p, C]);
-        if (Cm < C) {
-          // each pointer becomes C / Cm tokens of Cm channels, pointer-major (the official split)
-          const k = C / Cm;
-          ptrTokens = ops.reshape(ptrTokens, [1, p * k, Cm]);
-          ptrPos = ops.reshape(ops.tile(ops.reshape(ptrPos, [p, 1, Cm]), [1, k, 1]), [p * k, Cm]);
-        }
-        numObjPtrTokens = ops.shape(ptrTokens)[1];
-        tokens.push(ptrTokens);
-        tokenPos.push(ops.reshape(ptrPos, [1, numObjPtrTokens, Cm]));
+        const tpos = io.input('obj_ptr_tpos', ['num_obj_ptrs', 1]);
+        objPtrs = { ptrs: ops.reshape(ptrs, [1, ops.shape(ptrs)[0], C]), tpos };
       }
-      const out = model.memoryAttention.forward(ops, {
-        curr,
-        currPos,
-        memory: tokens.length === 1 ? tokens[0] : ops.concat(tokens, 1),
-        memoryPos: tokenPos.length === 1 ? tokenPos[0] : ops.concat(tokenPos, 1),
-        numObjPtrTokens,
-      });
-      io.output('pix_feat', toNchw(ops, ops.reshape(out, [1, h, h, C])));
+      const currPos = model.imageEncoder.neck.positionEncoding.forward(ops, h, h);
+      const out = model.attendToMemory(ops, { curr, currPos, spatial, objPtrs });
+      io.output('pix_feat', toNchw(ops, out));
     },
   };
-}
-
-/**
- * `get_1d_sine_pe` of positions held in a (P, 1) tensor: [sin(p / t_i), cos(p / t_i)], with the
- * same float32 t_i as `sine1dPositionTable` (sam2.ts) uses for JS positions.
- */
-function sine1dPositionGraph<T>(ops: Ops<T>, pos: T, dim: number, temperature = 10000): T {
-  const half = dim / 2;
-  const dimT = new Float32Array(half);
-  for (let i = 0; i < half; i++) dimT[i] = Math.fround(temperature ** Math.fround((2 * Math.floor(i / 2)) / half));
-  const a = ops.div(pos, ops.constant(dimT, [1, half]));
-  return ops.concat([ops.sin(a), ops.cos(a)], 1);
 }
 
 /** Every graph of an export, keyed like GRAPH_FILES. */
