@@ -196,6 +196,18 @@ describe('npy folder (MedSAM format)', () => {
     expect(store.slice(0, 0).imageScale).toBe(1);
   });
 
+  it('an image holding NaN is refused, naming the file', () => {
+    const nanDir = join(tmp, 'npy-nan');
+    mkdirSync(join(nanDir, 'imgs'), { recursive: true });
+    mkdirSync(join(nanDir, 'gts'), { recursive: true });
+    const withNaN = Float32Array.from(img);
+    withNaN[7] = NaN;
+    writeFileSync(join(nanDir, 'imgs', 'case_n.npy'), npy(withNaN, [16, 16, 3]));
+    writeFileSync(join(nanDir, 'gts', 'case_n.npy'), npy(gt, [4, 4]));
+    const path = join(nanDir, 'imgs', 'case_n.npy');
+    expect(() => loadNpyPair({ kind: 'npy', path, gtPath: join(nanDir, 'gts', 'case_n.npy') })).toThrow(`${path}: the image holds NaN values (first at flat index 7)`);
+  });
+
   it('a label file without its image, and a wrong image shape, are named', () => {
     const bad = join(tmp, 'npy-bad');
     mkdirSync(join(bad, 'imgs'), { recursive: true });

@@ -6,6 +6,7 @@
 import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
+import { dump } from 'npyjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodeNpz, readNpz, type NpyArray } from '../src/io/npz.js';
 import { readSafetensors, type StateDict } from '../src/io/safetensors.js';
@@ -210,6 +211,14 @@ describe('bad input', () => {
     }
     expect(() => OnnxModel.open(join(dir, 'nowhere'))).toThrow(/no such ONNX export folder/);
     expect(() => OnnxModel.open(dir)).toThrow(/not a medtune ONNX export/);
+  });
+
+  it('an input image holding NaN', async () => {
+    const img = new Float32Array(32 * 32).fill(0.5);
+    img[33] = NaN;
+    const path = join(dir, 'nan.npy');
+    writeFileSync(path, new Uint8Array(dump(img, [32, 32])));
+    await expect(loadInput(path, undefined)).rejects.toThrow(`${path}: the image holds NaN values (first at flat index 33)`);
   });
 
   it('boxes outside the image or volume', async () => {

@@ -96,7 +96,7 @@ export async function loadInput(path: string, window?: [number, number]): Promis
     const nifti = readNifti(path);
     const [depth, height, width] = nifti.shape;
     const raw = scaledData(nifti);
-    const data = to01(raw, raw instanceof Uint8Array ? 'uint8' : 'other', window);
+    const data = to01(raw, raw instanceof Uint8Array ? 'uint8' : 'other', window, path);
     return { pixels: { data, depth, height, width, channels: 1 }, shape: [depth, height, width], nifti, spacing: [...nifti.geometry.spacing] };
   }
   throw new Error(`${path}: unsupported input type '${ext}' (use .png, .npy, .npz, .nii or .nii.gz)`);

@@ -122,5 +122,9 @@ export function loadNpyPair(entry: NpyPairEntry): NpyPair {
   );
   const d = arr.data;
   const image = d instanceof Uint8Array || d instanceof Float32Array ? d : Float32Array.from(d as Float64Array);
+  if (!(image instanceof Uint8Array)) {
+    const bad = image.findIndex((v) => Number.isNaN(v));
+    if (bad >= 0) throw new Error(`${entry.path}: the image holds NaN values (first at flat index ${bad})`);
+  }
   return { path: entry.path, height, width, channels, image, labelHeight, labelWidth, labels };
 }

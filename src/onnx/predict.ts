@@ -27,8 +27,14 @@ export type Box3D = [number, number, number, number, number, number];
  * Scale intensities to [0, 1]: uint8 by 1/255; anything else by a window (center, width) when
  * given, else by its 0.5 and 99.5 percentiles (MedSAM's normalization for non-CT images).
  */
-export function to01(data: ArrayLike<number>, kind: 'uint8' | 'other', window?: [number, number]): Float32Array {
+export function to01(data: ArrayLike<number>, kind: 'uint8' | 'other', window: [number, number] | undefined, source: string): Float32Array {
   const out = new Float32Array(data.length);
+  if (kind === 'other') {
+    // a NaN pixel has no sensible intensity: refuse rather than segment a silently altered image
+    for (let i = 0; i < data.length; i++) {
+      if (Number.isNaN(data[i])) throw new Error(`${source}: the image holds NaN values (first at flat index ${i})`);
+    }
+  }
   if (kind === 'uint8' && !window) {
     for (let i = 0; i < out.length; i++) out[i] = data[i] / 255;
     return out;
@@ -49,7 +55,7 @@ export function to01(data: ArrayLike<number>, kind: 'uint8' | 'other', window?: 
   const range = hi > lo ? hi - lo : 1;
   for (let i = 0; i < out.length; i++) {
     const v = (data[i] - lo) / range;
-    out[i] = v < 0 ? 0 : v > 1 ? 1 : Number.isNaN(v) ? 0 : v;
+    out[i] = v < 0 ? 0 : v > 1 ? 1 : v;
   }
   return out;
 }
@@ -73,7 +79,7 @@ export function pixelsFromNpy(a: NpyArray, source: string, window?: [number, num
   else if (s.length === 3) [depth, height, width] = s;
   else if (s.length === 4 && s[3] === 3) [depth, height, width, channels] = [s[0], s[1], s[2], 3];
   else throw new Error(`${source}: image shape (${s.join(', ')}) is not (H,W), (H,W,3), (D,H,W) or (D,H,W,3)`);
-  const data = to01(npyNumbers(a), a.data instanceof Uint8Array ? 'uint8' : 'other', window);
+  const data = to01(npyNumbers(a), a.data instanceof Uint8Array ? 'uint8' : 'other', window, source);
   return { data, depth, height, width, channels };
 }
 
