@@ -14,14 +14,14 @@ interface TrainArgs {
   progress?: boolean;
 }
 
-/** Where the run lives: --out, else the resumed checkpoint's run, else runs/<name>. */
+/** Where the run lives: --out, else the resumed checkpoint's run, else checkpoints/<name> (run outputs live under the git-ignored checkpoints/). */
 function runDirFor(args: TrainArgs, name: string): string {
   if (args.out) return resolve(args.out);
   if (args.resume && args.resume !== 'auto') {
     const ckpt = resolve(args.resume);
     if (dirname(ckpt).endsWith('checkpoints')) return dirname(dirname(ckpt));
   }
-  return resolve('runs', name);
+  return resolve('checkpoints', name);
 }
 
 export const trainCommand: CommandModule<object, TrainArgs> = {
@@ -30,7 +30,7 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
   builder: (y) =>
     y
       .option('config', { type: 'string', describe: 'run config (YAML); optional when resuming (the run keeps its own)' })
-      .option('out', { type: 'string', describe: 'run directory (default: runs/<name>)' })
+      .option('out', { type: 'string', describe: 'run directory (default: checkpoints/<name>)' })
       .option('set', {
         type: 'string',
         array: true,
@@ -42,7 +42,7 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
       })
       .option('progress', { type: 'boolean', describe: 'progress bar (default: when the output is a terminal)' })
       .example('$0 train --config configs/demo.yaml', 'the demo: minutes on CPU')
-      .example('$0 train --config configs/sam2.1-tiny-512.yaml --set train.max_steps=20 --out runs/try', 'a short run')
+      .example('$0 train --config configs/sam2.1-tiny-512.yaml --set train.max_steps=20 --out checkpoints/try', 'a short run')
       .example('$0 train --config configs/demo.yaml --resume auto', 'continue an interrupted run'),
   handler: async (args) => {
     const { loadConfig, readResolvedConfig, ConfigError } = await import('../train/config.js');

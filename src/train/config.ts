@@ -102,7 +102,7 @@ const TrainSchema = z.strictObject({
 });
 
 export const TrainConfigSchema = z.strictObject({
-  /** a name for the run (the default run directory is runs/<name>) */
+  /** a name for the run (the default run directory is checkpoints/<name>) */
   name: z.string().min(1).default('run'),
   seed: z.number().int().default(2024),
   /** TensorFlow.js backend (see src/backend.ts) */
