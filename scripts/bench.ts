@@ -25,7 +25,8 @@ import { join } from 'node:path';
 const args = await yargs(hideBin(process.argv))
   .option('backend', { choices: BACKEND_NAMES, default: 'auto' as BackendName })
   .option('sizes', { type: 'string', default: '256,512', describe: 'image sizes for the model timings' })
-  .option('iters', { type: 'number', default: 2, describe: 'timed repetitions after one warm-up' })
+  .option('iters', { type: 'number', default: 2, describe: 'timed repetitions' })
+  .option('warmup', { type: 'number', default: 1, describe: 'untimed repetitions first (kernels compiled, buffers allocated)' })
   .option('only', { type: 'string', default: 'model,train,onnx,data', describe: 'sections to run: model,train,onnx,data' })
   .option('train-steps', { type: 'number', default: 3, describe: 'timed optimizer steps per training benchmark' })
   .strict()
@@ -33,7 +34,7 @@ const args = await yargs(hideBin(process.argv))
 const sections = new Set(args.only.split(','));
 
 function timeIt(iters: number, fn: () => void): number {
-  fn(); // warm-up: kernels compiled, buffers allocated
+  for (let i = 0; i < args.warmup; i++) fn();
   const start = performance.now();
   for (let i = 0; i < iters; i++) fn();
   return (performance.now() - start) / iters;
