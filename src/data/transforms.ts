@@ -11,8 +11,8 @@
  */
 import type { ImagePlane, LabelPlane, SliceData } from './sampling.js';
 
-export const IMAGENET_MEAN = [0.485, 0.456, 0.406] as const;
-export const IMAGENET_STD = [0.229, 0.224, 0.225] as const;
+export { IMAGENET_MEAN, IMAGENET_STD } from '../model/config.js';
+import { IMAGENET_MEAN, IMAGENET_STD } from '../model/config.js';
 
 export interface AugmentOptions {
   /** random horizontal flips (probability 0.5) */

@@ -1,6 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 
+/** SAM2's input normalization (ImageNet mean and std per RGB channel, on values in [0, 1]). */
+export const IMAGENET_MEAN = [0.485, 0.456, 0.406] as const;
+export const IMAGENET_STD = [0.229, 0.224, 0.225] as const;
+
 /**
  * Model configuration, field for field the official SAM2 YAML model configs
  * (`configs/sam2.1/sam2.1_hiera_t.yaml` under `model:`), minus the `_target_` class paths.

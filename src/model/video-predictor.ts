@@ -21,7 +21,7 @@
  * (and its memory) is computed once and reused by both directions (the official code recomputes
  * it identically after `reset_state`); image features are not cached across calls.
  */
-import type { Sam2Config } from './config.js';
+import { IMAGENET_MEAN, IMAGENET_STD, type Sam2Config } from './config.js';
 import { antialiasBilinearMatrix, type FrameFeatures, type MemoryContext, type MemoryFeatures } from './sam2.js';
 
 export type { FrameFeatures, MemoryContext, MemoryFeatures } from './sam2.js';
@@ -274,8 +274,6 @@ interface StoredOutput<H> {
   objPtr: H;
 }
 
-const IMAGENET_MEAN = [0.485, 0.456, 0.406];
-const IMAGENET_STD = [0.229, 0.224, 0.225];
 
 /** A gray slice (S * S values in [0, 1]) -> (S, S, 3) normalized model input, as the seed prepares slices. */
 export function grayToModelInput(gray: ArrayLike<number>): Float32Array {

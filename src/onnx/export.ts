@@ -6,26 +6,13 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { StateDict } from '../io/safetensors.js';
-import type { Sam2Config } from '../model/config.js';
+import { IMAGENET_MEAN, IMAGENET_STD, type Sam2Config } from '../model/config.js';
 import { SAM2Base } from '../model/sam2.js';
 import { OPSET } from './graph-builder.js';
-import { allGraphs, GRAPH_FILES, type GraphKey } from './graphs.js';
+import { allGraphs, GRAPH_FILES, MANIFEST_FILE, type GraphKey, type Manifest } from './graphs.js';
+
+export { MANIFEST_FILE };
 import { traceGraph } from './onnx-ops.js';
-
-export const MANIFEST_FILE = 'medtune-onnx.json';
-export const IMAGENET_MEAN = [0.485, 0.456, 0.406];
-export const IMAGENET_STD = [0.229, 0.224, 0.225];
-
-export interface Manifest {
-  format: 'medtune-onnx';
-  version: 1;
-  opset: number;
-  image_size: number;
-  /** the model input is (gray or RGB in [0, 1] - mean) / std per channel, NCHW */
-  normalization: { mean: number[]; std: number[] };
-  graphs: Record<GraphKey, string>;
-  config: Sam2Config;
-}
 
 export interface ExportedGraph {
   key: GraphKey;
@@ -41,7 +28,7 @@ export function manifestFor(config: Sam2Config): Manifest {
     version: 1,
     opset: OPSET,
     image_size: config.image_size,
-    normalization: { mean: IMAGENET_MEAN, std: IMAGENET_STD },
+    normalization: { mean: [...IMAGENET_MEAN], std: [...IMAGENET_STD] },
     graphs: { ...GRAPH_FILES },
     config,
   };

@@ -29,6 +29,20 @@ export const GRAPH_FILES = {
 } as const;
 export type GraphKey = keyof typeof GRAPH_FILES;
 
+/** `<export>/medtune-onnx.json`: what an export holds, read back by the runtime. */
+export const MANIFEST_FILE = 'medtune-onnx.json';
+
+export interface Manifest {
+  format: 'medtune-onnx';
+  version: 1;
+  opset: number;
+  image_size: number;
+  /** the model input is (gray or RGB in [0, 1] - mean) / std per channel, NCHW */
+  normalization: { mean: number[]; std: number[] };
+  graphs: Record<GraphKey, string>;
+  config: Sam2Config;
+}
+
 const NCHW = [0, 3, 1, 2];
 const NHWC = [0, 2, 3, 1];
 

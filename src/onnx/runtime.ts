@@ -10,7 +10,7 @@ import * as ort from 'onnxruntime-node';
 import type { Sam2Config } from '../model/config.js';
 import { upsampleMasks } from '../model/sam2.js';
 import { roundToBfloat16, type FrameFeatures, type HeadsResult, type HostPrompt, type MemoryContext, type MemoryFeatures, type Sam2FrameGraphs } from '../model/video-predictor.js';
-import { geometry, GRAPH_FILES, type Geometry, type GraphKey } from './graphs.js';
+import { geometry, GRAPH_FILES, MANIFEST_FILE, type Geometry, type GraphKey, type Manifest } from './graphs.js';
 import { OnnxOps } from './onnx-ops.js';
 
 export interface HostArray {
@@ -52,15 +52,6 @@ export async function runSession(session: ort.InferenceSession, feeds: Record<st
 
 // ───────────────────────────── the exported folder ─────────────────────────────
 
-export interface ExportManifest {
-  format: 'medtune-onnx';
-  version: number;
-  image_size: number;
-  normalization: { mean: number[]; std: number[] };
-  graphs: Record<GraphKey, string>;
-  config: Sam2Config;
-}
-
 /** An exported folder: its manifest, and sessions opened on first use. */
 export class OnnxModel {
   readonly config: Sam2Config;
@@ -69,7 +60,7 @@ export class OnnxModel {
 
   private constructor(
     readonly dir: string,
-    readonly manifest: ExportManifest,
+    readonly manifest: Manifest,
     private readonly opts: SessionOptions,
   ) {
     this.config = manifest.config;
@@ -82,9 +73,9 @@ export class OnnxModel {
    */
   static open(dir: string, opts: SessionOptions & { needed?: GraphKey[] } = {}): OnnxModel {
     if (!existsSync(dir)) throw new Error(`${dir}: no such ONNX export folder`);
-    const manifestFile = join(dir, 'medtune-onnx.json');
+    const manifestFile = join(dir, MANIFEST_FILE);
     if (!existsSync(manifestFile)) throw new Error(`${dir}: not a medtune ONNX export (no medtune-onnx.json; create one with \`medtune export\`)`);
-    let manifest: ExportManifest;
+    let manifest: Manifest;
     try {
       manifest = JSON.parse(readFileSync(manifestFile, 'utf8'));
     } catch (err) {
