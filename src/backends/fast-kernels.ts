@@ -4,8 +4,9 @@
  * Speed:
  * - Conv2DBackpropFilter (weight gradient of a dense conv: SAM2's 7x7 stride-4 patch embedding):
  *   tfjs-backend-cpu indexes every element through TensorBuffer.get (tens of seconds for a batch of
- *   4 at 256 px) and WASM had none (it fell back to that CPU kernel). cpu: flat typed-array loops;
- *   wasm: an im2col matrix and one XNNPACK product.
+ *   4 at 256 px) and WASM had none (it fell back to that CPU kernel). Both: flat typed-array loops
+ *   (on WASM over heap views). An im2col + XNNPACK product on WASM corrupted the WASM heap for the
+ *   full-width model (96 output channels), so it is not used.
  * - Identity (wasm): WASM copies the tensor; tfjs runs it for every tensor saved for the backward
  *   pass. Shares the data instead (tensors are immutable).
  * - Add / Sub / Multiply / RealDiv (cpu): broadcasting against trailing axes, a scalar, or a
@@ -91,66 +92,6 @@ export function conv2dBackpropFilterNhwc(
   return Float32Array.from(acc);
 }
 
-type WasmBackendish = {
-  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
-  typedArrayFromHeap(t: tf.TensorInfo): tf.backend_util.TypedArray;
-  disposeData(dataId: tf.DataId): void;
-};
-
-/** Largest im2col matrix (elements) built for the XNNPACK weight gradient; larger ones use the loop. */
-const IM2COL_MAX = 32 * 1024 * 1024;
-
-/**
- * The weight gradient on WASM as one XNNPACK product: the transposed im2col matrix
- * P^T (kh*kw*cin, B*outH*outW), built here, times dy (B*outH*outW, cout).
- */
-function conv2dBackpropFilterWasm(
-  backend: WasmBackendish,
-  x: tf.TensorInfo,
-  dy: tf.TensorInfo,
-  info: tf.backend_util.Conv2DInfo,
-): tf.TensorInfo | null {
-  const bmm = tf.getKernel(tf.BatchMatMul, 'wasm');
-  const [batch, inH, inW, cin] = x.shape;
-  const { outHeight: outH, outWidth: outW, outChannels: cout, strideHeight: sh, strideWidth: sw, filterHeight: kh, filterWidth: kw } = info;
-  const rows = kh * kw * cin;
-  const cols = batch * outH * outW;
-  if (!bmm || rows * cols > IM2COL_MAX) return null;
-  const top = info.padInfo.top;
-  const left = info.padInfo.left;
-  const pT = backend.makeOutput([rows, cols], 'float32');
-  // views only after every allocation: a growing WASM heap detaches older views
-  const p = backend.typedArrayFromHeap(pT) as Float32Array;
-  const xv = backend.typedArrayFromHeap(x) as Float32Array;
-  for (let ky = 0; ky < kh; ky++) {
-    for (let kx = 0; kx < kw; kx++) {
-      for (let ci = 0; ci < cin; ci++) {
-        const row = ((ky * kw + kx) * cin + ci) * cols;
-        let n = 0;
-        for (let b = 0; b < batch; b++) {
-          for (let oy = 0; oy < outH; oy++) {
-            const iy = oy * sh - top + ky;
-            const inside = iy >= 0 && iy < inH;
-            const xRow = ((b * inH + iy) * inW) * cin + ci;
-            for (let ox = 0; ox < outW; ox++, n++) {
-              const ix = ox * sw - left + kx;
-              p[row + n] = inside && ix >= 0 && ix < inW ? xv[xRow + ix * cin] : 0;
-            }
-          }
-        }
-      }
-    }
-  }
-  const dy2: tf.TensorInfo = { dataId: dy.dataId, shape: [cols, cout], dtype: 'float32' };
-  const out = bmm.kernelFunc({
-    inputs: { a: pT, b: dy2 },
-    backend: backend as unknown as tf.KernelBackend,
-    attrs: { transposeA: false, transposeB: false },
-  }) as tf.TensorInfo;
-  backend.disposeData(pT.dataId);
-  return { ...out, shape: info.filterShape };
-}
-
 const replaced = new Map<string, tf.KernelConfig>();
 const ours = new Set<tf.KernelFunc>();
 
@@ -187,10 +128,6 @@ function conv2dBackpropFilterKernel(fallback: tf.KernelConfig | undefined): tf.K
       false,
       fmt,
     );
-    if (backend.typedArrayFromHeap) {
-      const viaXnn = conv2dBackpropFilterWasm(args.backend as unknown as WasmBackendish, x, dy, info);
-      if (viaXnn) return viaXnn;
-    }
     const dw = conv2dBackpropFilterNhwc(values(backend, x), x.shape, values(backend, dy), info);
     return output(backend, info.filterShape, dw);
   };
