@@ -341,6 +341,17 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         break;
       }
     }
+  } catch (err) {
+    // tfjs-backend-wasm aborts ("Aborted()", "memory access out of bounds") when its 32-bit heap runs out
+    if (err instanceof WebAssembly.RuntimeError && tf.getBackend() === 'wasm') {
+      throw new Error(
+        `the wasm backend failed during step ${step + 1} (${err.message}): its 4 GiB heap is too small for image size ` +
+          `${modelConfig.image_size} with batch ${t.batch_size}. ` +
+          (t.batch_size > 1 ? 'Lower train.batch_size (raise train.grad_accum to keep the effective batch) or use' : 'Use') +
+          ` backend cpu or tensorflow. The last checkpoint stays in ${join(runDir, 'checkpoints')}.`,
+      );
+    }
+    throw err;
   } finally {
     if (opts.handleSignals ?? true) {
       process.off('SIGINT', onSignal);
