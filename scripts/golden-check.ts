@@ -22,7 +22,7 @@ import { readNpz, type NpyArray } from '../src/io/npz.js';
 import { readSafetensors, type StateDict } from '../src/io/safetensors.js';
 import { resolveModelConfig } from '../src/model/config.js';
 import { SAM2Base } from '../src/model/sam2.js';
-import { checkGoldenPropagation, FORWARD_TOL, goldenRelError, PROPAGATION_AGREEMENT, PROPAGATION_TOL } from '../src/model/reference-compare.js';
+import { checkGoldenPropagation, FORWARD_TOL, maxRelError, PROPAGATION_AGREEMENT, PROPAGATION_TOL } from '../src/model/reference-compare.js';
 import { TfFrameGraphs } from '../src/model/tf-frame-graphs.js';
 import { TfOps } from '../src/model/tf-ops.js';
 import { onnxGoldenCheck } from '../src/onnx/golden.js';
@@ -106,7 +106,7 @@ export async function runGoldenCheck(
     if (!ref) return;
     const t = channelsLast ? nchw(ours) : ours;
     if (t.shape.join() !== ref.shape.join()) fail(name, `shape [${t.shape}] vs reference [${ref.shape}]`);
-    else record(name, goldenRelError(t.dataSync() as Float32Array, ref.data as Float32Array), FORWARD_TOL, 'rel max err');
+    else record(name, maxRelError(t.dataSync() as Float32Array, ref.data as Float32Array), FORWARD_TOL, 'rel max err');
     if (t !== ours) t.dispose();
   };
 
@@ -158,7 +158,7 @@ export async function runGoldenCheck(
     const ptParams = toTfParams(fromPt, { trainable: () => false });
     const masks = tf.tidy(() => model.predictFromBoxes(new TfOps(ptParams), image, box).masks);
     const ref = expected['single.masks'];
-    record('single.masks with weights.pt', goldenRelError(masks.dataSync() as Float32Array, ref.data as Float32Array), FORWARD_TOL, 'rel max err');
+    record('single.masks with weights.pt', maxRelError(masks.dataSync() as Float32Array, ref.data as Float32Array), FORWARD_TOL, 'rel max err');
     tf.dispose([masks, ...ptParams.values()]);
   }
 

@@ -11,6 +11,7 @@ import { selectBackend } from '../src/backend.js';
 import { conv2dBackpropFilterNhwc } from '../src/backends/fast-kernels.js';
 import { applyRotary } from '../src/model/position-encoding.js';
 import { TfOps } from '../src/model/tf-ops.js';
+import { maxRelError } from '../src/model/reference-compare.js';
 
 const TOL = 1e-4;
 
@@ -44,17 +45,6 @@ function valueAndGrads(f: (...xs: tf.Tensor[]) => tf.Tensor, inputs: Input[]): {
   });
 }
 
-function relErr(ours: Float32Array, ref: Float32Array): number {
-  expect(ours.length).toBe(ref.length);
-  let maxErr = 0;
-  let maxRef = 0;
-  for (let i = 0; i < ref.length; i++) {
-    maxErr = Math.max(maxErr, Math.abs(ours[i] - ref[i]));
-    maxRef = Math.max(maxRef, Math.abs(ref[i]));
-  }
-  return maxErr / Math.max(1e-6, maxRef);
-}
-
 /** Compares f (TfOps, on `backend`) with ref (plain tfjs, on cpu): value and all input gradients. */
 async function compare(backend: string, f: (...xs: tf.Tensor[]) => tf.Tensor, ref: (...xs: tf.Tensor[]) => tf.Tensor, inputs: Input[]) {
   await tf.setBackend('cpu');
@@ -63,8 +53,8 @@ async function compare(backend: string, f: (...xs: tf.Tensor[]) => tf.Tensor, re
   const got = valueAndGrads(f, inputs);
   await tf.setBackend('cpu');
   expect(got.shape).toEqual(want.shape);
-  expect(relErr(got.value, want.value)).toBeLessThan(TOL);
-  got.grads.forEach((g, i) => expect(relErr(g, want.grads[i]), `gradient of input ${i}`).toBeLessThan(TOL));
+  expect(maxRelError(got.value, want.value, 1e-6)).toBeLessThan(TOL);
+  got.grads.forEach((g, i) => expect(maxRelError(g, want.grads[i], 1e-6), `gradient of input ${i}`).toBeLessThan(TOL));
 }
 
 /** conv2d as im2col (strided slices) + matMul: gradients through slices and a plain product. */
@@ -287,8 +277,8 @@ function suite(backend: 'cpu' | 'wasm') {
                   }
               ref[((ky * 3 + kx) * 3 + ci) * 4 + co] = s;
             }
-      expect(relErr(got, ref)).toBeLessThan(1e-5);
-      expect(relErr(want, ref)).toBeLessThan(1e-5);
+      expect(maxRelError(got, ref, 1e-6)).toBeLessThan(1e-5);
+      expect(maxRelError(want, ref, 1e-6)).toBeLessThan(1e-5);
       await tf.setBackend('cpu');
     });
 

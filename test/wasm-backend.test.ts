@@ -14,6 +14,7 @@ import { resolveModelConfig } from '../src/model/config.js';
 import { SAM2Base } from '../src/model/sam2.js';
 import { TfOps } from '../src/model/tf-ops.js';
 import { initParams, type StateDict } from '../src/model/weights.js';
+import { maxRelError } from '../src/model/reference-compare.js';
 
 const TOL = 1e-4;
 const SIZE = 64;
@@ -84,16 +85,6 @@ function run(): Result {
   return result;
 }
 
-function relErr(ours: Float32Array, ref: Float32Array): number {
-  let maxErr = 0;
-  let maxRef = 0;
-  for (let i = 0; i < ref.length; i++) {
-    maxErr = Math.max(maxErr, Math.abs(ours[i] - ref[i]));
-    maxRef = Math.max(maxRef, Math.abs(ref[i]));
-  }
-  return maxErr / Math.max(1e-12, maxRef);
-}
-
 describe('wasm backend vs cpu backend', () => {
   afterAll(async () => {
     await selectBackend('cpu', { quiet: true });
@@ -111,8 +102,8 @@ describe('wasm backend vs cpu backend', () => {
     const t3 = performance.now();
     console.log(`forward + backward at ${SIZE} px, batch ${BATCH}: cpu ${(t1 - t0).toFixed(0)} ms, wasm ${(t3 - t2).toFixed(0)} ms`);
 
-    expect(relErr(wasm.masks, cpu.masks)).toBeLessThan(TOL);
-    expect(relErr(wasm.iou, cpu.iou)).toBeLessThan(TOL);
+    expect(maxRelError(wasm.masks, cpu.masks, 1e-12)).toBeLessThan(TOL);
+    expect(maxRelError(wasm.iou, cpu.iou, 1e-12)).toBeLessThan(TOL);
     expect(Math.abs(wasm.loss - cpu.loss) / Math.abs(cpu.loss)).toBeLessThan(TOL);
     expect([...wasm.grads.keys()].sort()).toEqual([...cpu.grads.keys()].sort());
     // (a few trained parameters, e.g. the multimask tokens and the pruned coarsest neck level, get no gradient)
@@ -121,8 +112,7 @@ describe('wasm backend vs cpu backend', () => {
     // relative to the tensor's largest gradient, floored at 1e-3 of the model's largest: a few
     // gradients are zero up to rounding (attention key biases: softmax ignores a per-row shift)
     const floor = 1e-3 * Math.max(...[...cpu.grads.values()].map(maxAbs));
-    const relErrFloored = (ours: Float32Array, ref: Float32Array) => (relErr(ours, ref) * Math.max(1e-12, maxAbs(ref))) / Math.max(floor, maxAbs(ref));
-    const errors = [...cpu.grads].map(([name, g]) => [name, relErrFloored(wasm.grads.get(name)!, g), maxAbs(g)] as const).sort((a, b) => b[1] - a[1]);
+    const errors = [...cpu.grads].map(([name, g]) => [name, maxRelError(wasm.grads.get(name)!, g, Math.max(floor, 1e-12)), maxAbs(g)] as const).sort((a, b) => b[1] - a[1]);
     console.log(`${cpu.grads.size} gradients; worst relative errors:\n${errors.slice(0, 3).map(([n, e, m]) => `  ${e.toExponential(2)} ${m.toExponential(2)} ${n}`).join('\n')}`);
     for (const [name, err] of errors) expect(err, name).toBeLessThan(TOL);
   });

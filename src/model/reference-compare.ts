@@ -14,8 +14,11 @@ export const PROPAGATION_TOL = 1e-3;
 /** ... and the masks `> 0` agree on at least 99.9% of pixels. */
 export const PROPAGATION_AGREEMENT = 0.999;
 
-/** max |ours - ref| / max(1, max |ref|): the README's error measure for forward tensors and slices. */
-export function goldenRelError(ours: ArrayLike<number>, ref: ArrayLike<number>): number {
+/**
+ * max |ours - ref| / max(floor, max |ref|). With the default floor 1 it is the README's error
+ * measure for forward tensors and slices; a small floor makes it purely relative.
+ */
+export function maxRelError(ours: ArrayLike<number>, ref: ArrayLike<number>, floor = 1): number {
   if (ours.length !== ref.length) throw new Error(`size mismatch: ${ours.length} values vs ${ref.length} in the reference`);
   let maxErr = 0;
   let maxRef = 0;
@@ -24,7 +27,7 @@ export function goldenRelError(ours: ArrayLike<number>, ref: ArrayLike<number>):
     maxErr = Number.isNaN(d) ? Infinity : Math.max(maxErr, d);
     maxRef = Math.max(maxRef, Math.abs(ref[i]));
   }
-  return maxErr / Math.max(1, maxRef);
+  return maxErr / Math.max(floor, maxRef);
 }
 
 export interface PropagationLine {
@@ -64,7 +67,7 @@ export async function checkGoldenPropagation<H>(
     if (!ref) return { name, error: Infinity, agreement: 0, ok: false, result };
     let agree = 0;
     for (let i = 0; i < ref.length; i++) if (result.logits[i] > 0 === ref[i] > 0) agree++;
-    const error = goldenRelError(result.logits, ref);
+    const error = maxRelError(result.logits, ref);
     const agreement = agree / ref.length;
     return { name, error, agreement, ok: error <= PROPAGATION_TOL && agreement >= PROPAGATION_AGREEMENT, result };
   });

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { readNpz, type NpyArray } from '../io/npz.js';
 import { readSafetensors } from '../io/safetensors.js';
 import { resolveModelConfig } from '../model/config.js';
-import { checkGoldenPropagation, FORWARD_TOL, goldenRelError, PROPAGATION_AGREEMENT, PROPAGATION_TOL } from '../model/reference-compare.js';
+import { checkGoldenPropagation, FORWARD_TOL, maxRelError, PROPAGATION_AGREEMENT, PROPAGATION_TOL } from '../model/reference-compare.js';
 import { exportGraphs } from './export.js';
 import { OnnxModel, OrtFrameGraphs, runSession } from './runtime.js';
 
@@ -54,7 +54,7 @@ export async function onnxGoldenCheck(
     const { h } = model.geometry;
     const enc = await runSession(await model.session('imageEncoder'), { image: { data: f32(inputs.image), shape: inputs.image.shape } });
     for (const [ours, ref] of [['image_embed', 'image_embed'], ['high_res_0', 'high_res.0'], ['high_res_1', 'high_res.1']]) {
-      record(`image_encoder/${ours}`, goldenRelError(enc[ours].data, f32(expected[ref])), FORWARD_TOL, 'rel max err');
+      record(`image_encoder/${ours}`, maxRelError(enc[ours].data, f32(expected[ref])), FORWARD_TOL, 'rel max err');
     }
     const dec = await runSession(await model.session('maskDecoder'), {
       image_embed: enc.image_embed,
@@ -74,7 +74,7 @@ export async function onnxGoldenCheck(
       ['iou_predictions_multi', 'multi.iou'],
       ['sam_tokens_multi', 'multi.tokens'],
     ];
-    for (const [ours, ref] of pairs) record(`mask_decoder/${ours}`, goldenRelError(dec[ours].data, f32(expected[ref])), FORWARD_TOL, 'rel max err');
+    for (const [ours, ref] of pairs) record(`mask_decoder/${ours}`, maxRelError(dec[ours].data, f32(expected[ref])), FORWARD_TOL, 'rel max err');
 
     const propFile = join(fixtureDir, 'propagation.npz');
     if (existsSync(propFile)) {

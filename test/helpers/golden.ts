@@ -3,7 +3,7 @@ import '@tensorflow/tfjs-backend-cpu';
 import { readNpz, type NpyArray } from '../../src/io/npz.js';
 import { readSafetensors } from '../../src/io/safetensors.js';
 import { resolveModelConfig, type Sam2Config } from '../../src/model/config.js';
-import { goldenRelError } from '../../src/model/reference-compare.js';
+import { maxRelError } from '../../src/model/reference-compare.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -36,5 +36,5 @@ export function nchwToNhwc(a: NpyArray): tf.Tensor {
 
 /** The README's forward error of a tfjs tensor against a reference array. */
 export function relMaxError(ours: tf.Tensor, ref: NpyArray): number {
-  return goldenRelError(ours.dataSync(), ref.data as Float32Array);
+  return maxRelError(ours.dataSync(), ref.data as Float32Array);
 }
