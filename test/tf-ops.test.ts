@@ -45,6 +45,14 @@ function valueAndGrads(f: (...xs: tf.Tensor[]) => tf.Tensor, inputs: Input[]): {
   });
 }
 
+/** every (transposeA, transposeB) pair of matMul */
+const TRANSPOSE_COMBINATIONS = [
+  [false, false],
+  [true, false],
+  [false, true],
+  [true, true],
+] as const;
+
 /** Compares f (TfOps, on `backend`) with ref (plain tfjs, on cpu): value and all input gradients. */
 async function compare(backend: string, f: (...xs: tf.Tensor[]) => tf.Tensor, ref: (...xs: tf.Tensor[]) => tf.Tensor, inputs: Input[]) {
   await tf.setBackend('cpu');
@@ -95,12 +103,7 @@ function suite(backend: 'cpu' | 'wasm') {
     });
 
     it('matMul: 2-D, every transpose combination', async () => {
-      for (const [ta, tb] of [
-        [false, false],
-        [true, false],
-        [false, true],
-        [true, true],
-      ] as const) {
+      for (const [ta, tb] of TRANSPOSE_COMBINATIONS) {
         const a = input(ta ? [5, 7] : [7, 5], 1);
         const b = input(tb ? [3, 5] : [5, 3], 2);
         await compare(backend, (x, y) => ops.matMul(x, y, ta, tb), (x, y) => tf.matMul(x, y, ta, tb), [a, b]);
@@ -116,12 +119,7 @@ function suite(backend: 'cpu' | 'wasm') {
         (x, y) => tf.reshape(tf.matMul(tf.reshape(x, [-1, 4]), y, false, true), [2, 3, 6, 5]),
         [input([2, 3, 6, 4], 5), input([5, 4], 6)],
       );
-      for (const [ta, tb] of [
-        [false, false],
-        [true, false],
-        [false, true],
-        [true, true],
-      ] as const) {
+      for (const [ta, tb] of TRANSPOSE_COMBINATIONS) {
         const a = input(ta ? [2, 3, 4, 6] : [2, 3, 6, 4], 7);
         const b = input(tb ? [2, 3, 5, 4] : [2, 3, 4, 5], 8);
         await compare(backend, (x, y) => ops.matMul(x, y, ta, tb), (x, y) => tf.matMul(x, y, ta, tb), [a, b]);

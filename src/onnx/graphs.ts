@@ -70,6 +70,14 @@ function toNchw<T>(ops: Ops<T>, x: T): T {
   return ops.transpose(x, NCHW);
 }
 
+/** The prompt points (box corners are two points with labels 2 and 3) as dynamic graph inputs. */
+function pointInputs<T>(io: GraphIO<T>): { coords: T; labels: T } {
+  return {
+    coords: io.input('point_coords', ['batch', 'num_points', 2]),
+    labels: io.input('point_labels', ['batch', 'num_points']),
+  };
+}
+
 /** Image-path inputs shared by the decoder graphs: high-res maps, NCHW, batch symbolic. */
 function highResInputs<T>(ops: Ops<T>, io: GraphIO<T>, g: Geometry): [T, T] {
   return [
@@ -103,8 +111,7 @@ export function maskDecoderGraph(model: SAM2Base): GraphDef {
     build(ops, io) {
       const imageEmbed = toNhwc(ops, io.input('image_embed', ['batch', g.C, g.h, g.h]));
       const highRes = highResInputs(ops, io, g);
-      const coords = io.input('point_coords', ['batch', 'num_points', 2]);
-      const labels = io.input('point_labels', ['batch', 'num_points']);
+      const { coords, labels } = pointInputs(io);
       const maskInput = toNhwc(ops, io.input('mask_input', ['batch', 1, 4 * g.h, 4 * g.h]));
       const hasMask = ops.reshape(io.input('has_mask_input', ['batch']), [-1, 1, 1, 1]);
       const pe = model.promptEncoder;
@@ -139,8 +146,7 @@ export function samHeadsGraph(model: SAM2Base): GraphDef {
     build(ops, io) {
       const pix = toNhwc(ops, io.input('pix_feat', ['batch', g.C, g.h, g.h]));
       const highRes = highResInputs(ops, io, g);
-      const coords = io.input('point_coords', ['batch', 'num_points', 2]);
-      const labels = io.input('point_labels', ['batch', 'num_points']);
+      const { coords, labels } = pointInputs(io);
       for (const [suffix, multi] of [['', false], ['_multi', true]] as const) {
         const out = model.forwardSamHeads(ops, { backboneFeatures: pix, highRes, points: { coords, labels }, multimaskOutput: multi });
         io.output(`pred_masks${suffix}`, out.lowResMasks);
