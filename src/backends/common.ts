@@ -1,0 +1,34 @@
+/** Pieces shared by the backend loaders in this folder. */
+import * as tf from '@tensorflow/tfjs-core';
+
+export interface BackendChoice {
+  /** the tfjs backend now active: 'tensorflow' | 'webgpu' | 'wasm' | 'cpu' */
+  backend: string;
+  /** what it runs on, in words */
+  device: string;
+}
+
+export function isNotInstalled(err: unknown, pkg: string): boolean {
+  const e = err as NodeJS.ErrnoException;
+  return (e?.code === 'ERR_MODULE_NOT_FOUND' || e?.code === 'MODULE_NOT_FOUND') && String(e.message).includes(pkg);
+}
+
+export function installHint(pkg: string, what: string): Error {
+  return new Error(`backend '${what}' needs the optional package ${pkg}, which is not installed: run \`npm install ${pkg}\``);
+}
+
+/** Make `name` the active tfjs backend, or throw saying it failed. */
+export async function activate(name: string): Promise<void> {
+  let ok: boolean;
+  try {
+    ok = await tf.setBackend(name);
+  } catch (err) {
+    throw new Error(`backend '${name}' failed to initialise: ${(err as Error).message}`);
+  }
+  if (!ok || tf.getBackend() !== name) throw new Error(`backend '${name}' failed to initialise`);
+  await tf.ready();
+}
+
+export function cpuDevice(): string {
+  return `CPU (${process.arch})`;
+}

@@ -1,0 +1,8 @@
+/** The plain-JavaScript CPU backend (@tensorflow/tfjs-backend-cpu): always available. */
+import { activate, cpuDevice, type BackendChoice } from './common.js';
+
+export async function useCpu(): Promise<BackendChoice> {
+  await import('@tensorflow/tfjs-backend-cpu');
+  await activate('cpu');
+  return { backend: 'cpu', device: `${cpuDevice()}, plain JavaScript` };
+}
