@@ -17,6 +17,8 @@ import '@tensorflow/tfjs-backend-cpu';
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { BACKEND_NAMES, selectBackend, type BackendName } from '../src/backend.js';
 import { readStateDict } from '../src/io/checkpoint-file.js';
 import { readNpz, type NpyArray } from '../src/io/npz.js';
 import { readSafetensors, type StateDict } from '../src/io/safetensors.js';
@@ -58,9 +60,10 @@ function nchw(x: tf.Tensor): tf.Tensor {
 export async function runGoldenCheck(
   dir: string,
   log: (line: string) => void = console.log,
-  opts: { onnx?: boolean } = {},
+  opts: { onnx?: boolean; backend?: BackendName } = {},
 ): Promise<GoldenReport> {
-  await tf.setBackend('cpu');
+  await selectBackend(opts.backend ?? 'cpu', { quiet: true });
+  log(`backend ${tf.getBackend()}`);
   const lines: CheckLine[] = [];
   const record = (name: string, error: number, limit: number, what: string, note = '') => {
     const ok = Number.isFinite(error) && error <= limit;
@@ -242,12 +245,15 @@ export async function runGoldenCheck(
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
-  const args = process.argv.slice(2);
-  const dir = args.find((a) => !a.startsWith('--'));
-  if (!dir || args.some((a) => a.startsWith('--') && a !== '--onnx')) {
-    console.error('usage: npx tsx scripts/golden-check.ts <fixture-dir> [--onnx]');
+  const { values, positionals } = parseArgs({
+    allowPositionals: true,
+    options: { onnx: { type: 'boolean' }, backend: { type: 'string', default: 'cpu' } },
+  });
+  const backend = values.backend as BackendName;
+  if (positionals.length !== 1 || !BACKEND_NAMES.includes(backend)) {
+    console.error(`usage: npx tsx scripts/golden-check.ts <fixture-dir> [--onnx] [--backend ${BACKEND_NAMES.join('|')}]`);
     process.exit(2);
   }
-  const report = await runGoldenCheck(dir, console.log, { onnx: args.includes('--onnx') });
+  const report = await runGoldenCheck(positionals[0], console.log, { onnx: values.onnx, backend });
   process.exit(report.failed > 0 ? 1 : 0);
 }

@@ -6,11 +6,36 @@ interface DawnModule {
   create(options: string[]): GpuLike;
   globals: object;
 }
+interface AdapterLike {
+  info?: Record<string, unknown>;
+  isFallbackAdapter?: boolean;
+  limits: Record<string, number>;
+  features: Iterable<string>;
+}
 interface GpuLike {
-  requestAdapter(opts?: object): Promise<{ info?: Record<string, string> } | null>;
+  requestAdapter(opts?: object): Promise<AdapterLike | null>;
 }
 
-export async function useWebgpu(): Promise<BackendChoice> {
+/** What the WebGPU adapter Dawn offers is, in the terms a user can act on. */
+export interface WebgpuAdapterReport {
+  vendor: string;
+  architecture: string;
+  device: string;
+  description: string;
+  /** a software adapter (lavapipe, SwiftShader): correct but slow; `auto` never picks it */
+  isFallbackAdapter: boolean;
+  limits: Record<string, number>;
+  features: string[];
+}
+
+export type WebgpuProbe = { ok: true; adapter: WebgpuAdapterReport } | { ok: false; reason: string };
+
+const NO_ADAPTER =
+  'no WebGPU adapter found: Dawn needs a Vulkan driver and the Vulkan loader (Debian/Ubuntu: the GPU vendor\'s driver, or ' +
+  'Mesa\'s `mesa-vulkan-drivers` >= 25 for software rendering, and `libvulkan1`)';
+
+/** Sets navigator.gpu from Dawn if nothing provides it yet; returns it. */
+async function gpu(): Promise<GpuLike> {
   const g = globalThis as { navigator?: { gpu?: GpuLike } };
   if (!g.navigator?.gpu) {
     let dawn: DawnModule;
@@ -28,18 +53,50 @@ export async function useWebgpu(): Promise<BackendChoice> {
       writable: true,
     });
   }
-  const adapter = await g.navigator!.gpu!.requestAdapter({ powerPreference: 'high-performance' });
-  if (!adapter) {
-    throw new Error(
-      "backend 'webgpu': no WebGPU adapter found (Dawn needs a GPU with a Vulkan driver and libvulkan; on the GPU machine `source .gpu-bundle/enter.sh` first)",
-    );
+  return g.navigator!.gpu!;
+}
+
+function describeAdapter(adapter: AdapterLike): WebgpuAdapterReport {
+  const info = adapter.info ?? {};
+  const text = (k: string) => (typeof info[k] === 'string' ? (info[k] as string) : '');
+  const limits: Record<string, number> = {};
+  // GPUSupportedLimits keeps its values on the prototype: copy them one by one
+  for (const k in adapter.limits) limits[k] = adapter.limits[k];
+  return {
+    vendor: text('vendor'),
+    architecture: text('architecture'),
+    device: text('device'),
+    description: text('description'),
+    isFallbackAdapter: Boolean(adapter.isFallbackAdapter ?? info.isFallbackAdapter),
+    limits,
+    features: [...adapter.features].sort(),
+  };
+}
+
+/** Whether a WebGPU adapter is there, and which; never throws. */
+export async function probeWebgpu(): Promise<WebgpuProbe> {
+  try {
+    const adapter = await (await gpu()).requestAdapter({ powerPreference: 'high-performance' });
+    if (!adapter) return { ok: false, reason: NO_ADAPTER };
+    return { ok: true, adapter: describeAdapter(adapter) };
+  } catch (err) {
+    return { ok: false, reason: (err as Error).message };
   }
+}
+
+export function adapterName(a: WebgpuAdapterReport): string {
+  return [a.vendor, a.device || a.description || a.architecture].filter(Boolean).join(' ') || 'unknown adapter';
+}
+
+export async function useWebgpu(): Promise<BackendChoice> {
+  await gpu();
+  const probe = await probeWebgpu();
+  if (!probe.ok) throw new Error(`backend 'webgpu': ${probe.reason}`);
   await import('@tensorflow/tfjs-backend-webgpu');
   if (tf.findBackendFactory('webgpu') === null) {
     throw new Error("backend 'webgpu' did not register: @tensorflow/tfjs-backend-webgpu was imported before navigator.gpu existed");
   }
   await activate('webgpu');
-  const info = adapter.info ?? {};
-  const name = [info.vendor, info.device || info.description || info.architecture].filter(Boolean).join(' ') || 'unknown adapter';
-  return { backend: 'webgpu', device: `WebGPU (Dawn): ${name}` };
+  const a = probe.adapter;
+  return { backend: 'webgpu', device: `WebGPU (Dawn): ${adapterName(a)}${a.isFallbackAdapter ? ' (software fallback adapter)' : ''}` };
 }
