@@ -6,16 +6,21 @@ import { nextCorrectionClick, squaredDepth } from '../src/data/clicks.js';
 
 const fx = readNpz(join(import.meta.dirname, 'fixtures', 'clicks', 'clicks.npz'));
 const [count, h, w] = fx.gt.shape;
+const gts = fx.gt.data as Uint8Array;
+const preds = fx.pred.data as Uint8Array;
+const fnDepth = fx.fn_dt.data as Float32Array;
+const points = fx.points.data as Float32Array;
+const labels = fx.labels.data as Int32Array;
 
 describe('squaredDepth', () => {
   it('is the exact Euclidean distance transform of cv2 (DIST_L2, precise, border outside) on 200 masks', () => {
     let worst = 0;
     for (let i = 0; i < count; i++) {
-      const g = fx.gt.data.subarray(i * h * w, (i + 1) * h * w);
-      const p = fx.pred.data.subarray(i * h * w, (i + 1) * h * w);
+      const g = gts.subarray(i * h * w, (i + 1) * h * w);
+      const p = preds.subarray(i * h * w, (i + 1) * h * w);
       const fn = Uint8Array.from(g, (v, j) => (v && !p[j] ? 1 : 0));
       const ours = squaredDepth(fn, h, w);
-      const ref = fx.fn_dt.data.subarray(i * h * w, (i + 1) * h * w);
+      const ref = fnDepth.subarray(i * h * w, (i + 1) * h * w);
       for (let j = 0; j < h * w; j++) worst = Math.max(worst, Math.abs(Math.sqrt(ours[j]) - ref[j]));
     }
     expect(worst).toBeLessThan(1e-5);
@@ -36,9 +41,9 @@ describe('nextCorrectionClick', () => {
   it('picks the same point and label as the official sampler on 200 cases', () => {
     const mismatches: string[] = [];
     for (let i = 0; i < count; i++) {
-      const c = nextCorrectionClick(fx.gt.data.subarray(i * h * w, (i + 1) * h * w), fx.pred.data.subarray(i * h * w, (i + 1) * h * w), h, w);
-      const [x, y] = [fx.points.data[2 * i], fx.points.data[2 * i + 1]];
-      if (c.x !== x || c.y !== y || c.label !== fx.labels.data[i]) mismatches.push(`case ${i}: ours ${c.x},${c.y}/${c.label} ref ${x},${y}/${fx.labels.data[i]}`);
+      const c = nextCorrectionClick(gts.subarray(i * h * w, (i + 1) * h * w), preds.subarray(i * h * w, (i + 1) * h * w), h, w);
+      const [x, y] = [points[2 * i], points[2 * i + 1]];
+      if (c.x !== x || c.y !== y || c.label !== labels[i]) mismatches.push(`case ${i}: ours ${c.x},${c.y}/${c.label} ref ${x},${y}/${labels[i]}`);
     }
     expect(mismatches).toEqual([]);
   });
