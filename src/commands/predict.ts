@@ -7,12 +7,13 @@
  * - 3D: a volume (.npz `imgs` (D,H,W) or NIfTI) and one `--box [label:]x0,y0,z0,x1,y1,z1` per label
  *   (or `--boxes-from-gts` with an npz holding `gts`) -> a label map (.npz `segs`, NIfTI with the
  *   input's geometry).
- * Pixels: uint8 images are scaled by 1/255; other types by --window center,width or else by
- * their 0.5-99.5 percentiles.
+ * Pixels: uint8 images are scaled by 1/255; other types by --window (data/intensity.ts: center,width
+ * or a preset) or else by their 0.5-99.5 percentiles.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, extname } from 'node:path';
 import type { CommandModule } from 'yargs';
+import { parseWindow, WINDOW_HELP, type IntensityWindow } from '../data/intensity.js';
 import type { NiftiVolume } from '../data/nifti.js';
 import { encodeNpz, parseNpy, readNpz, type NpyArray } from '../io/npz.js';
 import type { Box2D, Box3D, Pixels01, VolumeTarget } from '../onnx/predict.js';
@@ -49,22 +50,15 @@ function isNifti(path: string): boolean {
   return /\.nii(\.gz)?$/.test(lower(path));
 }
 
-function parseWindow(w: string | undefined): [number, number] | undefined {
-  if (w === undefined) return undefined;
-  const v = w.split(',').map(Number);
-  if (v.length !== 2 || v.some((x) => !Number.isFinite(x)) || v[1] <= 0) throw new Error(`--window '${w}': expected center,width (width > 0)`);
-  return [v[0], v[1]];
-}
-
 /** (…, H, W[, 3]) pixels of an npy array, ready for the model. */
-async function fromArray(a: NpyArray, source: string, window?: [number, number]): Promise<LoadedInput> {
+async function fromArray(a: NpyArray, source: string, window?: IntensityWindow): Promise<LoadedInput> {
   const { pixelsFromNpy } = await import('../onnx/predict.js');
   const pixels = pixelsFromNpy(a, source, window);
   return { pixels, shape: pixels.depth === 1 ? [pixels.height, pixels.width] : [pixels.depth, pixels.height, pixels.width] };
 }
 
 /** Read an image or volume for prediction. */
-export async function loadInput(path: string, window?: [number, number]): Promise<LoadedInput> {
+export async function loadInput(path: string, window?: IntensityWindow): Promise<LoadedInput> {
   const ext = lower(extname(path));
   if (!existsSync(path)) throw new Error(`${path}: no such input file`);
   if (ext === '.png') {
@@ -125,7 +119,7 @@ export function parseBox(spec: string, defaultLabel: number): { label: number; b
 export async function runPredict(args: PredictArgs, log: (line: string) => void = (l) => process.stdout.write(`${l}\n`)): Promise<void> {
   const { OnnxModel } = await import('../onnx/runtime.js');
   const { segmentImage, segmentVolume, boxesFromLabels, checkBox, npyNumbers } = await import('../onnx/predict.js');
-  const window = parseWindow(args.window);
+  const window = args.window === undefined ? undefined : parseWindow(args.window);
   const input = await loadInput(args.input, window);
   const specs = (args.box ?? []).map((b, i) => parseBox(b, args.box!.length === 1 ? args.label : i + 1));
   if (args['boxes-from-gts']) {
@@ -220,7 +214,7 @@ export const predictCommand: CommandModule<object, PredictArgs> = {
       .option('slice', { type: 'number', describe: '2D box on one slice of a volume' })
       .option('label', { type: 'number', default: 1, describe: 'label value of a single unlabelled box' })
       .option('multimask', { type: 'boolean', default: false, describe: '2D: best of three masks instead of the single-mask output' })
-      .option('window', { type: 'string', describe: 'intensity window center,width for non-uint8 inputs (e.g. 40,400 for CT soft tissue)' })
+      .option('window', { type: 'string', describe: WINDOW_HELP })
       .option('threads', { type: 'number', describe: 'onnxruntime intra-op threads' }),
   handler: async (args) => {
     await runPredict(args);
