@@ -3,6 +3,7 @@ import '@tensorflow/tfjs-backend-cpu';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { selectBackend } from '../src/backend.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { resolveModelConfig, SAM2_1_TINY, SAM2_TINY, type Sam2Config } from '../src/model/config.js';
 import { MemoryAttention } from '../src/model/memory-attention.js';
@@ -64,7 +65,7 @@ describe('memory modules: forward', () => {
   let config: Sam2Config;
   let params: Map<string, tf.Tensor>;
   beforeAll(async () => {
-    await tf.setBackend('cpu');
+    await selectBackend('cpu', { quiet: true });
     const meta = JSON.parse(readFileSync(join(GOLDEN, 'meta.json'), 'utf8'));
     config = resolveModelConfig(meta.model_config);
     params = new Map();

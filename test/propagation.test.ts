@@ -3,6 +3,7 @@ import '@tensorflow/tfjs-backend-cpu';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { selectBackend } from '../src/backend.js';
 import { readNpz, type NpyArray } from '../src/io/npz.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { resolveModelConfig, SAM2_1_TINY, type Sam2Config } from '../src/model/config.js';
@@ -229,7 +230,7 @@ describe('3D propagation reproduces the official SAM2VideoPredictor (golden-smal
   let prop: Record<string, NpyArray>;
 
   beforeAll(async () => {
-    await tf.setBackend('cpu');
+    await selectBackend('cpu', { quiet: true });
     const meta = JSON.parse(readFileSync(join(GOLDEN, 'meta.json'), 'utf8'));
     config = resolveModelConfig(meta.model_config);
     params = new Map();

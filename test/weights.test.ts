@@ -1,10 +1,10 @@
-import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import { unzipSync, zipSync } from 'fflate';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { selectBackend } from '../src/backend.js';
 import { inspectModel } from '../src/commands/inspect.js';
 import { readStateDict, readStateDictShapes, writeStateDict } from '../src/io/checkpoint-file.js';
 import { readNpz } from '../src/io/npz.js';
@@ -50,7 +50,7 @@ const goldenSpecs = (): ParamSpec[] => {
 
 let tmp: string;
 beforeAll(async () => {
-  await tf.setBackend('cpu');
+  await selectBackend('cpu', { quiet: true });
   tmp = mkdtempSync(join(tmpdir(), 'medtune-weights-'));
 });
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
