@@ -7,22 +7,17 @@ import { selectBackend } from '../src/backend.js';
 import { readNpz, type NpyArray } from '../src/io/npz.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { resolveModelConfig, SAM2_1_TINY, type Sam2Config } from '../src/model/config.js';
-import { antialiasBilinearMatrix, SAM2Base } from '../src/model/sam2.js';
+import { roundToBfloat16, type Sam2FrameGraphs } from '../src/model/frame-graphs.js';
+import { memorySettings, selectMemory } from '../src/model/memory-selection.js';
+import { antialiasBilinearMatrix } from '../src/model/resize.js';
+import { SAM2Base } from '../src/model/sam2.js';
 import { MLP } from '../src/model/sam2-utils.js';
 import { TfOps } from '../src/model/tf-ops.js';
 import { relMaxError } from './helpers/golden.js';
 import { checkGoldenPropagation, PROPAGATION_AGREEMENT, PROPAGATION_TOL } from '../src/model/reference-compare.js';
 import { TfFrameGraphs } from '../src/model/tf-frame-graphs.js';
-import {
-  largestComponent,
-  memorySettings,
-  roundToBfloat16,
-  selectMemory,
-  unionMasks,
-  VolumePropagator,
-  type Sam2FrameGraphs,
-  type SliceResult,
-} from '../src/model/video-predictor.js';
+import { largestComponent, unionMasks, type SliceResult } from '../src/model/video-output.js';
+import { VolumePropagator } from '../src/model/video-predictor.js';
 
 const GOLDEN = join(import.meta.dirname, 'fixtures', 'golden-small256');
 
@@ -248,12 +243,15 @@ describe('3D propagation reproduces the official SAM2VideoPredictor (golden-smal
       const image = tf.transpose(tf.tensor(inputs.image.data as Float32Array, inputs.image.shape), [0, 2, 3, 1]);
       const frame = model.encodeFrame(ops, image);
       const points = { coords: tf.reshape(tf.tensor(inputs.box.data as Float32Array), [1, 2, 2]), labels: tf.tensor([[2, 3]]) };
-      // SAM2Base.trackStep on an initial conditioning frame: no_mem_embed added, single mask for a box
-      const single = model.trackStep(ops, { frame, isInitCondFrame: true, points, memory: null, runMemEncoder: true });
-      expect(single.memory?.features.shape).toEqual([1, 16, 16, config.memory_encoder.out_dim]);
+      // an initial conditioning frame: no_mem_embed added, single mask for a box
+      const pix = model.conditionOnMemory(ops, frame, null);
+      const heads = model.forwardSamHeads(ops, { backboneFeatures: pix, highRes: frame.highRes, points, multimaskOutput: false });
+      const single = { predMasks: heads.lowResMasks, objPtr: heads.objPtr };
+      const memory = model.encodeNewMemory(ops, frame, heads.highResMasks, heads.objectScoreLogits, true);
+      expect(memory.features.shape).toEqual([1, 16, 16, config.memory_encoder.out_dim]);
       const mlp = new MLP('obj_ptr_proj', 32, 32, 32, 3);
       const tok = (name: string, i: number) => tf.slice(tf.tensor(expected[name].data as Float32Array, expected[name].shape), [0, i, 0], [1, 1, -1]).reshape([1, -1]);
-      const multi = model.forwardSamHeads(ops, { backboneFeatures: model.conditionOnMemory(ops, frame, null), highRes: frame.highRes, points, multimaskOutput: true });
+      const multi = model.forwardSamHeads(ops, { backboneFeatures: pix, highRes: frame.highRes, points, multimaskOutput: true });
       const iou = expected['multi.iou'].data as Float32Array;
       const best = iou.indexOf(Math.max(...iou));
       const multiRef = tf.slice(tf.tensor(expected['multi.masks'].data as Float32Array, expected['multi.masks'].shape), [0, best, 0, 0], [1, 1, -1, -1]);

@@ -9,7 +9,8 @@ import { mapIntensities, windowBounds, type IntensityWindow } from '../data/inte
 import { pixelMap, warpImage, IDENTITY } from '../data/transforms.js';
 import type { NpyArray } from '../io/npz.js';
 import type { SliceData } from '../data/sampling.js';
-import { largestComponent, unionMasks, VolumePropagator, type SliceResult } from '../model/video-predictor.js';
+import { largestComponent, unionMasks, type SliceResult } from '../model/video-output.js';
+import { VolumePropagator } from '../model/video-predictor.js';
 import { OnnxModel, OrtFrameGraphs, predictBox } from './runtime.js';
 
 /** Gray or RGB pixels scaled to [0, 1]: (H, W[, C]) for an image, (D, H, W[, C]) for a volume. */
