@@ -104,6 +104,13 @@ function sliceOf(input: LoadedInput, k: number): Pixels01 {
   return { data: data.slice(k * n, (k + 1) * n), depth: 1, height, width, channels };
 }
 
+/**
+ * The prompts of one run, parsed and checked against the input once, here at the edge: a 2D box
+ * (x0, y0, x1, y1 in image pixels) or a 3D box (x0, y0, z0, x1, y1, z1, slice indices inclusive)
+ * per label. A new prompt kind is a new member of this union.
+ */
+export type LabelPrompt = { label: number; box: Box2D } | { label: number; box: Box3D };
+
 /** `[label:]v0,v1,...` */
 export function parseBox(spec: string, defaultLabel: number): { label: number; box: number[] } {
   const m = /^(?:(\d+):)?([^:]+)$/.exec(spec.trim());
@@ -116,34 +123,44 @@ export function parseBox(spec: string, defaultLabel: number): { label: number; b
   return { label, box: values };
 }
 
-export async function runPredict(args: PredictArgs, log: (line: string) => void = (l) => process.stdout.write(`${l}\n`)): Promise<void> {
-  const { OnnxModel } = await import('../onnx/runtime.js');
-  const { segmentImage, segmentVolume, boxesFromLabels, checkBox, npyNumbers } = await import('../onnx/predict.js');
-  const window = args.window === undefined ? undefined : parseWindow(args.window);
-  const input = await loadInput(args.input, window);
-  const specs = (args.box ?? []).map((b, i) => parseBox(b, args.box!.length === 1 ? args.label : i + 1));
+/**
+ * --box / --boxes-from-gts (and --slice) -> the run's prompts and the image or volume they
+ * prompt, each prompt checked against it.
+ */
+export async function parsePrompts(args: PredictArgs, input: LoadedInput): Promise<{ prompts: LabelPrompt[]; image: Pixels01; is3d: boolean }> {
+  const { boxesFromLabels, checkBox, npyNumbers } = await import('../onnx/predict.js');
+  const found = (args.box ?? []).map((b, i) => parseBox(b, args.box!.length === 1 ? args.label : i + 1));
   if (args['boxes-from-gts']) {
     if (!input.gts) throw new Error(`--boxes-from-gts: ${args.input} has no 'gts' array`);
     const { depth, height, width } = input.pixels;
-    const found = boxesFromLabels(npyNumbers(input.gts), depth, height, width, input.shape.length === 3);
-    if (found.length === 0) throw new Error(`--boxes-from-gts: ${args.input}: gts is empty (no label to prompt)`);
-    specs.push(...found);
+    const fromGts = boxesFromLabels(npyNumbers(input.gts), depth, height, width, input.shape.length === 3);
+    if (fromGts.length === 0) throw new Error(`--boxes-from-gts: ${args.input}: gts is empty (no label to prompt)`);
+    found.push(...fromGts);
   }
-  if (specs.length === 0) throw new Error('give a prompt: --box x0,y0,x1,y1 (2D) or --box [label:]x0,y0,z0,x1,y1,z1 (3D), or --boxes-from-gts');
-  const dims = new Set(specs.map((s) => s.box.length));
+  if (found.length === 0) throw new Error('give a prompt: --box x0,y0,x1,y1 (2D) or --box [label:]x0,y0,z0,x1,y1,z1 (3D), or --boxes-from-gts');
+  const dims = new Set(found.map((s) => s.box.length));
   if (dims.size > 1) throw new Error('--box: mix of 2D and 3D boxes');
   const is3d = dims.has(6);
+  let image = input.pixels;
+  if (!is3d && image.depth > 1) {
+    if (args.slice === undefined) throw new Error(`${args.input} is a volume of ${image.depth} slices: pass --slice for a 2D box, or a 3D box x0,y0,z0,x1,y1,z1`);
+    image = sliceOf(input, args.slice);
+  }
+  for (const p of found) checkBox(p.box, image, `label ${p.label} box`);
+  return { prompts: found as LabelPrompt[], image, is3d };
+}
+
+export async function runPredict(args: PredictArgs, log: (line: string) => void = (l) => process.stdout.write(`${l}\n`)): Promise<void> {
+  const { OnnxModel } = await import('../onnx/runtime.js');
+  const { segmentImage, segmentVolume } = await import('../onnx/predict.js');
+  const window = args.window === undefined ? undefined : parseWindow(args.window);
+  const input = await loadInput(args.input, window);
+  const { prompts, image, is3d } = await parsePrompts(args, input);
 
   if (!is3d) {
-    let image = input.pixels;
-    if (image.depth > 1) {
-      if (args.slice === undefined) throw new Error(`${args.input} is a volume of ${image.depth} slices: pass --slice for a 2D box, or a 3D box x0,y0,z0,x1,y1,z1`);
-      image = sliceOf(input, args.slice);
-    }
-    for (const s of specs) checkBox(s.box, image, `label ${s.label} box`);
     const model = OnnxModel.open(args.onnx, { threads: args.threads, needed: ['imageEncoder', 'maskDecoder'] });
-    const out = new (Math.max(...specs.map((s) => s.label)) > 255 ? Uint16Array : Uint8Array)(image.height * image.width);
-    for (const s of specs) {
+    const out = new (Math.max(...prompts.map((s) => s.label)) > 255 ? Uint16Array : Uint8Array)(image.height * image.width);
+    for (const s of prompts) {
       const t0 = performance.now();
       const r = await segmentImage(model, image, s.box as Box2D, { multimask: args.multimask });
       for (let i = 0; i < out.length; i++) if (r.mask[i]) out[i] = s.label;
@@ -152,9 +169,7 @@ export async function runPredict(args: PredictArgs, log: (line: string) => void 
     await model.release();
     await writeOutput(args.out, out, [image.height, image.width], input, true);
   } else {
-    if (input.pixels.depth < 1) throw new Error(`${args.input}: empty volume`);
-    const targets: VolumeTarget[] = specs.map((s) => ({ label: s.label, box: s.box as Box3D }));
-    for (const t of targets) checkBox(t.box, input.pixels, `label ${t.label} box`);
+    const targets: VolumeTarget[] = prompts.map((s) => ({ label: s.label, box: s.box as Box3D }));
     const model = OnnxModel.open(args.onnx, { threads: args.threads });
     const t0 = performance.now();
     let slices = 0;

@@ -94,7 +94,7 @@ export function sliceToModelInput(slice: Float32Array, height: number, width: nu
   return out;
 }
 
-/** Throws a message naming the problem when a box does not lie inside the image or volume. */
+/** Throws a message naming the problem when a box does not lie inside the image or volume (callers check at their edge). */
 export function checkBox(box: number[], dims: { depth?: number; height: number; width: number }, what = 'box'): void {
   const is3d = box.length === 6;
   const [x0, y0, x1, y1] = is3d ? [box[0], box[1], box[3], box[4]] : box;
@@ -113,14 +113,13 @@ export function checkBox(box: number[], dims: { depth?: number; height: number; 
   }
 }
 
-/** 2D: one image, one box (image pixels) -> a binary mask (H * W, 1 = object) and the mask's scores. */
+/** 2D: one image, one box (image pixels, checked by the caller) -> a binary mask (H * W, 1 = object) and the mask's scores. */
 export async function segmentImage(
   model: OnnxModel,
   image: Pixels01,
   box: Box2D,
   opts: { multimask?: boolean } = {},
 ): Promise<{ mask: Uint8Array; iou: number; objectScore: number }> {
-  checkBox(box, image);
   const input = sliceToModelInput(image.data, image.height, image.width, image.channels, model.geometry.S);
   const r = await predictBox(model, input, image, box, opts.multimask);
   const mask = new Uint8Array(r.logits.length);
@@ -150,7 +149,6 @@ export async function segmentVolume(
   opts: { onSlice?: (p: VolumeProgress) => void; cacheBytes?: number } = {},
 ): Promise<Uint8Array | Uint16Array> {
   const { depth: D, height: H, width: W, channels } = volume;
-  for (const t of targets) checkBox(t.box, volume, `label ${t.label} box`);
   const { S, h, C } = model.geometry;
   const n = H * W * channels;
   // A slice's model input (and, through OrtFrameGraphs, its encoder outputs) is kept while it
