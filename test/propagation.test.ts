@@ -208,14 +208,25 @@ describe('host helpers', () => {
     expect(Array.from(roundToBfloat16(x))).toEqual([1, 1, 1 + 2 ** -6, 1 + 2 ** -7, -2.5]);
   });
 
-  it('largest 26-connected component', () => {
-    // two blobs in a 3x3x3 volume: corner-touching voxels connect under 26-connectivity
-    const seg = new Uint8Array(27);
-    seg[0] = 1;
-    seg[13] = 1; // centre, diagonal neighbour of 0
-    seg[26] = 1;
-    seg[2] = 0;
-    expect(Array.from(largestComponent(seg, 3, 3, 3)).reduce((a, b) => a + b, 0)).toBe(3);
+  it('largest 26-connected component, worked out by hand', () => {
+    // 4x4x4: A = three voxels joined only through corners (one component under 26-connectivity,
+    // three under 6); B = two face neighbours; C = one voxel. A wins, and nothing else survives.
+    const at = (z: number, y: number, x: number) => (z * 4 + y) * 4 + x;
+    const a = [at(0, 0, 0), at(1, 1, 1), at(2, 2, 2)];
+    const b = [at(0, 3, 3), at(0, 3, 2)];
+    const c = [at(3, 0, 3)];
+    const seg = new Uint8Array(64);
+    for (const i of [...a, ...b, ...c]) seg[i] = 1;
+    const want = new Uint8Array(64);
+    for (const i of a) want[i] = 1;
+    expect(Array.from(largestComponent(seg, 4, 4, 4))).toEqual(Array.from(want));
+    // with A cut into single voxels (its middle gone) B is the largest
+    seg[at(1, 1, 1)] = 0;
+    const wantB = new Uint8Array(64);
+    for (const i of b) wantB[i] = 1;
+    expect(Array.from(largestComponent(seg, 4, 4, 4))).toEqual(Array.from(wantB));
+    // an empty volume stays empty
+    expect(largestComponent(new Uint8Array(8), 2, 2, 2).every((v) => v === 0)).toBe(true);
   });
 });
 

@@ -44,7 +44,7 @@ export async function saveStepCheckpoints(
   if (names.length === 0 && !at.last && !at.stopping) return false;
   names.push('latest');
   const optimizer = await run.optimizer.exportState();
-  saveCheckpoint(runDir, { model: fromTfParams(run.params), optimizer, state: trainState(p, loader), configYaml }, names, t.keep_last);
+  saveCheckpoint(runDir, { model: await fromTfParams(run.params), optimizer, state: trainState(p, loader), configYaml }, names, t.keep_last);
   return true;
 }
 
