@@ -1,11 +1,22 @@
 /** The trivial baselines a trained model should beat, scored like the model. */
-import type { Batch } from '../data/types.js';
+
+/** The parts of a data batch (data/types.ts `Batch`) a baseline reads; eval does not import data. */
+export interface PromptedMasks {
+  batchSize: number;
+  imageSize: number;
+  /** side of the low-res masks */
+  maskSize: number;
+  /** (B * 4) x0, y0, x1, y1 in input pixels */
+  boxes: Float32Array;
+  /** (B * maskSize * maskSize) ground truth, > 0.5 = object */
+  masks: Float32Array;
+}
 
 /**
  * Dice of the trivial answer "an ellipse filling the prompt box" against each sample's ground
  * truth, at the low-res mask size.
  */
-export function ellipseInBoxDice(b: Batch): number[] {
+export function ellipseInBoxDice(b: PromptedMasks): number[] {
   const m = b.maskSize;
   const scale = b.imageSize / m;
   const out: number[] = [];
@@ -33,7 +44,7 @@ export function ellipseInBoxDice(b: Batch): number[] {
 }
 
 /** Mean `ellipseInBoxDice` over a validation set, or null for an empty one. */
-export function meanEllipseDice(valSet: Batch[]): number | null {
+export function meanEllipseDice(valSet: PromptedMasks[]): number | null {
   const count = valSet.reduce((n, b) => n + b.batchSize, 0);
   return count > 0 ? valSet.flatMap(ellipseInBoxDice).reduce((a, v) => a + v, 0) / count : null;
 }
