@@ -53,7 +53,6 @@ interface StoredOutput<H> {
   objPtr: H;
 }
 
-
 /** A gray slice (S * S values in [0, 1]) -> (S, S, 3) normalized model input, as the seed prepares slices. */
 export function grayToModelInput(gray: ArrayLike<number>): Float32Array {
   const n = gray.length;
