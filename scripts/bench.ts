@@ -10,7 +10,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { selectBackend, BACKEND_NAMES, type BackendName } from '../src/backend.js';
-import { measureLoaderThroughput } from '../src/data/loader.js';
+import { measureLoaderThroughput } from '../src/data/loader-bench.js';
 import { resolveModelConfig, SAM2_1_TINY } from '../src/model/config.js';
 import { SAM2Base } from '../src/model/sam2.js';
 import { TfOps } from '../src/model/tf-ops.js';

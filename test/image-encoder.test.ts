@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SAM2_1_TINY, SAM2_TINY, type ImageEncoderConfig } from '../src/model/config.js';
-import { ImageEncoder, type ImageEncoderOutput } from '../src/model/fpn-neck.js';
+import { ImageEncoder, type ImageEncoderOutput } from '../src/model/image-encoder.js';
 import { bicubicMatrix, hieraBlocks, windowPartition, windowUnpartition } from '../src/model/hiera.js';
 import { conv2d } from '../src/model/ops.js';
 import { TfOps } from '../src/model/tf-ops.js';

@@ -2,7 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { percentileToUint8, percentiles, parseWindow, windowToUint8 } from '../src/data/intensity.js';
+import { mapIntensities, percentileToUint8, percentiles, parseWindow, windowBounds, windowToUint8 } from '../src/data/intensity.js';
 import { encodeNifti, type NiftiGeometry, type NiftiTypedArray } from '../src/data/nifti.js';
 import { readNpz } from '../src/io/npz.js';
 import { pairFiles, prepareDirectories } from '../src/commands/prepare.js';
@@ -40,16 +40,37 @@ describe('intensity normalization', () => {
     const hu = [-1000, -160, -159, 0, 40, 100, 240, 1000];
     // soft tissue: [-160, 240] -> trunc((x + 160) / 400 * 255)
     expect(Array.from(windowToUint8(hu, parseWindow('soft-tissue')))).toEqual([0, 0, 0, 102, 127, 165, 255, 255]);
-    // lung W1500 L-600: [-1350, 150]
-    expect(Array.from(windowToUint8([-1400, -1350, -600, 150, 151], parseWindow('1500,-600')))).toEqual([0, 0, 127, 255, 255]);
-    expect(parseWindow('lung')).toEqual({ width: 1500, level: -600 });
-    expect(parseWindow('bone')).toEqual({ width: 1800, level: 400 });
-    expect(parseWindow('brain')).toEqual({ width: 80, level: 40 });
-    expect(parseWindow('soft_tissue')).toEqual({ width: 400, level: 40 });
+    // lung, center -600 width 1500: [-1350, 150]
+    expect(Array.from(windowToUint8([-1400, -1350, -600, 150, 151], parseWindow('-600,1500')))).toEqual([0, 0, 127, 255, 255]);
+    expect(parseWindow('lung')).toEqual({ center: -600, width: 1500 });
+    expect(parseWindow('bone')).toEqual({ center: 400, width: 1800 });
+    expect(parseWindow('brain')).toEqual({ center: 40, width: 80 });
+    expect(parseWindow('soft_tissue')).toEqual({ center: 40, width: 400 });
     // brain [0, 80]: 20 -> 63.75 -> 63
     expect(Array.from(windowToUint8([-5, 20, 80], parseWindow('brain')))).toEqual([0, 63, 255]);
-    expect(() => parseWindow('wide')).toThrow(/WIDTH,LEVEL/);
-    expect(() => parseWindow('0,40')).toThrow(/width must be positive/);
+    expect(() => parseWindow('wide')).toThrow(/CENTER,WIDTH/);
+  });
+
+  it('--window is CENTER,WIDTH on every command; the old WIDTH,LEVEL order is refused, showing the new one', () => {
+    expect(parseWindow('40,400')).toEqual({ center: 40, width: 400 });
+    expect(parseWindow(' -600 , 1500 ')).toEqual({ center: -600, width: 1500 });
+    expect(parseWindow('0,1000')).toEqual({ center: 0, width: 1000 });
+    // the labelled form takes any window, in either order
+    expect(parseWindow('center=400,width=40')).toEqual({ center: 400, width: 40 });
+    expect(parseWindow('w=1500, c=-600')).toEqual({ center: -600, width: 1500 });
+    // every preset written the old way (width first) is refused, and the message gives the new order
+    expect(() => parseWindow('400,40')).toThrow(/CENTER,WIDTH.*For width 400, level 40 write 40,400; for center 400, width 40 write center=400,width=40/);
+    expect(() => parseWindow('1500,-600')).toThrow(/For width 1500, level -600 write -600,1500\.$/);
+    expect(() => parseWindow('1800,400')).toThrow(/write 400,1800/);
+    expect(() => parseWindow('80,40')).toThrow(/write 40,80/);
+    expect(() => parseWindow('center=40,width=0')).toThrow(/width must be positive/);
+    expect(() => parseWindow('c=40,c=400')).toThrow(/center= and width= once each/);
+    // one apply: the [0, 1] form predict uses and the uint8 form prepare writes agree
+    const hu = [-1000, -160, 0, 40, 239, 1000];
+    const soft = parseWindow('soft-tissue');
+    const unit = mapIntensities(hu, windowBounds(soft), new Float32Array(hu.length), 1);
+    expect(Array.from(unit)).toEqual([0, 0, 0.4, 0.5, 0.9975, 1].map((v) => Math.fround(v)));
+    expect(Array.from(windowToUint8(hu, soft))).toEqual([0, 0, 102, 127, 254, 255]);
   });
 
   it('percentiles follow numpy (linear)', () => {
@@ -84,7 +105,7 @@ describe('npx medtune prepare', () => {
     writeVolume(join(d.images, 'case_a_0000.nii.gz'), stored, shape, { slope: 1, inter: -1024 });
     const label = new Uint8Array(n).map((_, i) => (i % 7 === 0 ? 1 : i % 11 === 0 ? 3 : 0));
     writeVolume(join(d.labels, 'case_a.nii.gz'), label, shape);
-    const written = await prepareDirectories({ images: d.images, labels: d.labels, out: d.out, modality: 'CT', window: parseWindow('400,40') });
+    const written = await prepareDirectories({ images: d.images, labels: d.labels, out: d.out, modality: 'CT', window: parseWindow('40,400') });
     expect(written).toEqual([join(d.out, 'case_a.npz')]);
     const npz = readNpz(written[0]);
     expect(npz.imgs.shape).toEqual(shape);

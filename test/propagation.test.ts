@@ -3,25 +3,21 @@ import '@tensorflow/tfjs-backend-cpu';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { selectBackend } from '../src/backend.js';
 import { readNpz, type NpyArray } from '../src/io/npz.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { resolveModelConfig, SAM2_1_TINY, type Sam2Config } from '../src/model/config.js';
-import { antialiasBilinearMatrix, SAM2Base } from '../src/model/sam2.js';
+import { roundToBfloat16, type Sam2FrameGraphs } from '../src/model/frame-graphs.js';
+import { memorySettings, selectMemory } from '../src/model/memory-selection.js';
+import { antialiasBilinearMatrix } from '../src/model/resize.js';
+import { SAM2Base } from '../src/model/sam2.js';
 import { MLP } from '../src/model/sam2-utils.js';
 import { TfOps } from '../src/model/tf-ops.js';
 import { relMaxError } from './helpers/golden.js';
 import { checkGoldenPropagation, PROPAGATION_AGREEMENT, PROPAGATION_TOL } from '../src/model/reference-compare.js';
 import { TfFrameGraphs } from '../src/model/tf-frame-graphs.js';
-import {
-  largestComponent,
-  memorySettings,
-  roundToBfloat16,
-  selectMemory,
-  unionMasks,
-  VolumePropagator,
-  type Sam2FrameGraphs,
-  type SliceResult,
-} from '../src/model/video-predictor.js';
+import { largestComponent, unionMasks, type SliceResult } from '../src/model/video-output.js';
+import { VolumePropagator } from '../src/model/video-predictor.js';
 
 const GOLDEN = join(import.meta.dirname, 'fixtures', 'golden-small256');
 
@@ -212,14 +208,25 @@ describe('host helpers', () => {
     expect(Array.from(roundToBfloat16(x))).toEqual([1, 1, 1 + 2 ** -6, 1 + 2 ** -7, -2.5]);
   });
 
-  it('largest 26-connected component', () => {
-    // two blobs in a 3x3x3 volume: corner-touching voxels connect under 26-connectivity
-    const seg = new Uint8Array(27);
-    seg[0] = 1;
-    seg[13] = 1; // centre, diagonal neighbour of 0
-    seg[26] = 1;
-    seg[2] = 0;
-    expect(Array.from(largestComponent(seg, 3, 3, 3)).reduce((a, b) => a + b, 0)).toBe(3);
+  it('largest 26-connected component, worked out by hand', () => {
+    // 4x4x4: A = three voxels joined only through corners (one component under 26-connectivity,
+    // three under 6); B = two face neighbours; C = one voxel. A wins, and nothing else survives.
+    const at = (z: number, y: number, x: number) => (z * 4 + y) * 4 + x;
+    const a = [at(0, 0, 0), at(1, 1, 1), at(2, 2, 2)];
+    const b = [at(0, 3, 3), at(0, 3, 2)];
+    const c = [at(3, 0, 3)];
+    const seg = new Uint8Array(64);
+    for (const i of [...a, ...b, ...c]) seg[i] = 1;
+    const want = new Uint8Array(64);
+    for (const i of a) want[i] = 1;
+    expect(Array.from(largestComponent(seg, 4, 4, 4))).toEqual(Array.from(want));
+    // with A cut into single voxels (its middle gone) B is the largest
+    seg[at(1, 1, 1)] = 0;
+    const wantB = new Uint8Array(64);
+    for (const i of b) wantB[i] = 1;
+    expect(Array.from(largestComponent(seg, 4, 4, 4))).toEqual(Array.from(wantB));
+    // an empty volume stays empty
+    expect(largestComponent(new Uint8Array(8), 2, 2, 2).every((v) => v === 0)).toBe(true);
   });
 });
 
@@ -229,7 +236,7 @@ describe('3D propagation reproduces the official SAM2VideoPredictor (golden-smal
   let prop: Record<string, NpyArray>;
 
   beforeAll(async () => {
-    await tf.setBackend('cpu');
+    await selectBackend('cpu', { quiet: true });
     const meta = JSON.parse(readFileSync(join(GOLDEN, 'meta.json'), 'utf8'));
     config = resolveModelConfig(meta.model_config);
     params = new Map();
@@ -247,12 +254,15 @@ describe('3D propagation reproduces the official SAM2VideoPredictor (golden-smal
       const image = tf.transpose(tf.tensor(inputs.image.data as Float32Array, inputs.image.shape), [0, 2, 3, 1]);
       const frame = model.encodeFrame(ops, image);
       const points = { coords: tf.reshape(tf.tensor(inputs.box.data as Float32Array), [1, 2, 2]), labels: tf.tensor([[2, 3]]) };
-      // SAM2Base.trackStep on an initial conditioning frame: no_mem_embed added, single mask for a box
-      const single = model.trackStep(ops, { frame, isInitCondFrame: true, points, memory: null, runMemEncoder: true });
-      expect(single.memory?.features.shape).toEqual([1, 16, 16, config.memory_encoder.out_dim]);
+      // an initial conditioning frame: no_mem_embed added, single mask for a box
+      const pix = model.conditionOnMemory(ops, frame, null);
+      const heads = model.forwardSamHeads(ops, { backboneFeatures: pix, highRes: frame.highRes, points, multimaskOutput: false });
+      const single = { predMasks: heads.lowResMasks, objPtr: heads.objPtr };
+      const memory = model.encodeNewMemory(ops, frame, heads.highResMasks, heads.objectScoreLogits, true);
+      expect(memory.features.shape).toEqual([1, 16, 16, config.memory_encoder.out_dim]);
       const mlp = new MLP('obj_ptr_proj', 32, 32, 32, 3);
       const tok = (name: string, i: number) => tf.slice(tf.tensor(expected[name].data as Float32Array, expected[name].shape), [0, i, 0], [1, 1, -1]).reshape([1, -1]);
-      const multi = model.forwardSamHeads(ops, { backboneFeatures: model.conditionOnMemory(ops, frame, null), highRes: frame.highRes, points, multimaskOutput: true });
+      const multi = model.forwardSamHeads(ops, { backboneFeatures: pix, highRes: frame.highRes, points, multimaskOutput: true });
       const iou = expected['multi.iou'].data as Float32Array;
       const best = iou.indexOf(Math.max(...iou));
       const multiRef = tf.slice(tf.tensor(expected['multi.masks'].data as Float32Array, expected['multi.masks'].shape), [0, best, 0, 0], [1, 1, -1, -1]);

@@ -7,7 +7,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { selectBackend } from '../src/backend.js';
+import { selectBackend, type BackendName } from '../src/backend.js';
 import { conv2dBackpropFilterNhwc } from '../src/backends/fast-kernels.js';
 import { applyRotary } from '../src/model/position-encoding.js';
 import { TfOps } from '../src/model/tf-ops.js';
@@ -54,12 +54,12 @@ const TRANSPOSE_COMBINATIONS = [
 ] as const;
 
 /** Compares f (TfOps, on `backend`) with ref (plain tfjs, on cpu): value and all input gradients. */
-async function compare(backend: string, f: (...xs: tf.Tensor[]) => tf.Tensor, ref: (...xs: tf.Tensor[]) => tf.Tensor, inputs: Input[]) {
-  await tf.setBackend('cpu');
+async function compare(backend: BackendName, f: (...xs: tf.Tensor[]) => tf.Tensor, ref: (...xs: tf.Tensor[]) => tf.Tensor, inputs: Input[]) {
+  await selectBackend('cpu', { quiet: true });
   const want = valueAndGrads(ref, inputs);
-  await tf.setBackend(backend);
+  await selectBackend(backend, { quiet: true });
   const got = valueAndGrads(f, inputs);
-  await tf.setBackend('cpu');
+  await selectBackend('cpu', { quiet: true });
   expect(got.shape).toEqual(want.shape);
   expect(maxRelError(got.value, want.value, 1e-6)).toBeLessThan(TOL);
   got.grads.forEach((g, i) => expect(maxRelError(g, want.grads[i], 1e-6), `gradient of input ${i}`).toBeLessThan(TOL));
@@ -90,6 +90,17 @@ function refAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor): tf.Tensor {
   const d = q.shape[q.rank - 1];
   return tf.matMul(tf.softmax(tf.div(tf.matMul(q, k, false, true), Math.sqrt(d))), v);
 }
+
+/**
+ * [[1, 2], [3, 4]] op [10, -2] (a row against every row) and [[10], [-2]] op [[1, 2], [3, 4]] (a
+ * column against every column); div divides by |b| + 0.5.
+ */
+const BROADCAST_BY_HAND: Record<string, number[][]> = {
+  add: [[11, 0, 13, 2], [11, 12, 1, 2]],
+  sub: [[-9, 4, -7, 6], [9, 8, -5, -6]],
+  mul: [[10, -4, 30, -8], [10, 20, -6, -8]],
+  div: [[1 / 10.5, 2 / 2.5, 3 / 10.5, 4 / 2.5], [10 / 1.5, 10 / 2.5, -2 / 3.5, -2 / 4.5]].map((v) => v.map((x) => Number(Math.fround(x).toFixed(6)))),
+};
 
 const ops = new TfOps(new Map());
 /** a TfOps whose attention chunks over queries (tiny chunk budget) */
@@ -228,7 +239,14 @@ function suite(backend: 'cpu' | 'wasm') {
           // and the small operand first
           await compare(backend, (a, b) => f(b, a), (a, b) => f(full(b, shape), a), [input(shape, 54), input(small, 55)]);
         }
-        expect(name).toBeTruthy();
+        // the broadcast kernels on the backend itself, against values worked out by hand
+        await selectBackend(backend, { quiet: true });
+        const [row, col] = tf.tidy(() => {
+          const a = tf.tensor2d([[1, 2], [3, 4]]);
+          return [f(a, tf.tensor1d([10, -2])), f(tf.tensor2d([[10], [-2]]), a)].map((t) => Array.from(t.dataSync()));
+        });
+        await selectBackend('cpu', { quiet: true });
+        expect([row, col].map((v) => v.map((x) => Number(x.toFixed(6)))), name).toEqual(BROADCAST_BY_HAND[name]);
       }
       // a scalar number, and shapes the fast paths leave to tfjs (broadcast in the middle)
       await compare(backend, (a) => ops.mul(a, 0.125), (a) => tf.mul(a, tf.fill(shape, 0.125)), [input(shape, 56)]);
@@ -242,7 +260,7 @@ function suite(backend: 'cpu' | 'wasm') {
     });
 
     it('Conv2DBackpropFilter kernel matches a direct sum, with "same" padding and stride', async () => {
-      await tf.setBackend(backend);
+      await selectBackend(backend, { quiet: true });
       const x = input([2, 11, 9, 3], 33);
       const [got, want] = tf.tidy(() => {
         const xt = tf.tensor4d(x.data, x.shape as [number, number, number, number]);
@@ -277,11 +295,11 @@ function suite(backend: 'cpu' | 'wasm') {
             }
       expect(maxRelError(got, ref, 1e-6)).toBeLessThan(1e-5);
       expect(maxRelError(want, ref, 1e-6)).toBeLessThan(1e-5);
-      await tf.setBackend('cpu');
+      await selectBackend('cpu', { quiet: true });
     });
 
     it('leaks no tensors through the custom gradients', async () => {
-      await tf.setBackend(backend);
+      await selectBackend(backend, { quiet: true });
       const run = () => {
         const [q, w, b] = [tf.randomNormal([2, 2, 9, 8]), tf.randomNormal([8, 8]), tf.randomNormal([8])];
         const g = tf.grads((qq: tf.Tensor, ww: tf.Tensor, bb: tf.Tensor) => tf.sum(ops.attention(ops.linear(qq, ww, bb), qq, qq)))([q, w, b]);
@@ -291,7 +309,7 @@ function suite(backend: 'cpu' | 'wasm') {
       const before = tf.memory().numTensors;
       run();
       expect(tf.memory().numTensors).toBe(before);
-      await tf.setBackend('cpu');
+      await selectBackend('cpu', { quiet: true });
     });
   });
 }
@@ -300,5 +318,5 @@ suite('cpu');
 suite('wasm');
 
 afterAll(async () => {
-  await tf.setBackend('cpu');
+  await selectBackend('cpu', { quiet: true });
 });

@@ -18,9 +18,8 @@
  * - MaxPoolGrad (wasm), ResizeNearestNeighborGrad (cpu and wasm).
  *
  * Every replacement does the same arithmetic in float32 as the kernel it replaces (sums may run
- * in another order). `registerFastKernels()` is idempotent and may run before or after a backend
- * package is imported; the WASM replacements of existing kernels are installed once the WASM
- * package has registered its own (registerWasmFallbackKernels calls this again).
+ * in another order). `registerFastKernels(backend)` runs when that backend is chosen
+ * (src/backends/cpu.ts, wasm.ts), after its package has registered the kernels it replaces.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { registerXnnBatchMatMul } from './wasm-batch-matmul.js';
@@ -92,19 +91,15 @@ export function conv2dBackpropFilterNhwc(
   return Float32Array.from(acc);
 }
 
-const replaced = new Map<string, tf.KernelConfig>();
 const ours = new Set<tf.KernelFunc>();
 
 function install(kernelName: string, backendName: string, make: (fallback: tf.KernelConfig | undefined) => tf.KernelFunc): void {
   const existing = tf.getKernel(kernelName, backendName);
   if (existing && ours.has(existing.kernelFunc)) return;
-  if (existing) {
-    replaced.set(`${backendName}:${kernelName}`, existing);
-    tf.unregisterKernel(kernelName, backendName);
-  }
+  if (existing) tf.unregisterKernel(kernelName, backendName);
   const kernelFunc = make(existing);
   ours.add(kernelFunc);
-  tf.registerKernel({ kernelName, backendName, kernelFunc });
+  tf.registerKernel({ kernelName, backendName, setupFunc: existing?.setupFunc, kernelFunc });
 }
 
 function conv2dBackpropFilterKernel(fallback: tf.KernelConfig | undefined): tf.KernelFunc {
@@ -361,26 +356,25 @@ function softmaxKernel(fallback: tf.KernelConfig | undefined): tf.KernelFunc {
   };
 }
 
-let done = false;
-
-/** Registers the faster kernels for cpu and wasm (idempotent). */
-export function registerFastKernels(): void {
-  // cheap re-check: a backend package imported later may have registered its own kernel since
-  for (const backendName of ['cpu', 'wasm']) {
-    install(tf.Conv2DBackpropFilter, backendName, conv2dBackpropFilterKernel);
-    if (backendName === 'cpu' || tf.getKernel(tf.Identity, 'wasm')) install(tf.ResizeNearestNeighborGrad, backendName, resizeNearestGradKernel);
-  }
-  for (const name of Object.keys(BINARY)) install(name, 'cpu', binaryKernel(name));
-  install(tf.Softmax, 'cpu', softmaxKernel);
-  // only once the wasm package has registered its own (else its later import would override ours)
-  if (tf.getKernel(tf.Identity, 'wasm')) {
-    install(tf.Identity, 'wasm', identityKernel);
-    install(tf.MaxPoolGrad, 'wasm', maxPoolGradKernel);
-  }
-  registerXnnBatchMatMul();
-  done = true;
+/** Whether the kernel registered for `kernelName` on `backendName` is one of this file's. */
+export function isFastKernel(kernelName: string, backendName: string): boolean {
+  const k = tf.getKernel(kernelName, backendName);
+  return k !== undefined && ours.has(k.kernelFunc);
 }
 
-export function fastKernelsRegistered(): boolean {
-  return done;
+/**
+ * Registers the replacements for `backendName` (idempotent): called by the backend's loader
+ * (useCpu, useWasm) once its package has registered its own kernels, so ours take their place.
+ */
+export function registerFastKernels(backendName: 'cpu' | 'wasm'): void {
+  install(tf.Conv2DBackpropFilter, backendName, conv2dBackpropFilterKernel);
+  install(tf.ResizeNearestNeighborGrad, backendName, resizeNearestGradKernel);
+  if (backendName === 'cpu') {
+    for (const name of Object.keys(BINARY)) install(name, 'cpu', binaryKernel(name));
+    install(tf.Softmax, 'cpu', softmaxKernel);
+  } else {
+    install(tf.Identity, 'wasm', identityKernel);
+    install(tf.MaxPoolGrad, 'wasm', maxPoolGradKernel);
+    registerXnnBatchMatMul();
+  }
 }

@@ -16,7 +16,7 @@ export function registerWasmFallbackKernels(): string[] {
   if (registered) return registered;
   // replacements first (Conv2DBackpropFilter, and the wrong WASM MaxPoolGrad and
   // ResizeNearestNeighborGrad): they run on WASM memory with no copy to a CPU backend
-  registerFastKernels();
+  registerFastKernels('wasm');
   const cpu = new MathBackendCPU();
   const wasmKernels = new Set(tf.getKernelsForBackend('wasm').map((k) => k.kernelName));
   registered = [];

@@ -7,12 +7,13 @@
  * - 3D: a volume (.npz `imgs` (D,H,W) or NIfTI) and one `--box [label:]x0,y0,z0,x1,y1,z1` per label
  *   (or `--boxes-from-gts` with an npz holding `gts`) -> a label map (.npz `segs`, NIfTI with the
  *   input's geometry).
- * Pixels: uint8 images are scaled by 1/255; other types by --window center,width or else by
- * their 0.5-99.5 percentiles.
+ * Pixels: uint8 images are scaled by 1/255; other types by --window (data/intensity.ts: center,width
+ * or a preset) or else by their 0.5-99.5 percentiles.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, extname } from 'node:path';
 import type { CommandModule } from 'yargs';
+import { parseWindow, WINDOW_HELP, type IntensityWindow } from '../data/intensity.js';
 import type { NiftiVolume } from '../data/nifti.js';
 import { encodeNpz, parseNpy, readNpz, type NpyArray } from '../io/npz.js';
 import type { Box2D, Box3D, Pixels01, VolumeTarget } from '../onnx/predict.js';
@@ -49,22 +50,15 @@ function isNifti(path: string): boolean {
   return /\.nii(\.gz)?$/.test(lower(path));
 }
 
-function parseWindow(w: string | undefined): [number, number] | undefined {
-  if (w === undefined) return undefined;
-  const v = w.split(',').map(Number);
-  if (v.length !== 2 || v.some((x) => !Number.isFinite(x)) || v[1] <= 0) throw new Error(`--window '${w}': expected center,width (width > 0)`);
-  return [v[0], v[1]];
-}
-
 /** (…, H, W[, 3]) pixels of an npy array, ready for the model. */
-async function fromArray(a: NpyArray, source: string, window?: [number, number]): Promise<LoadedInput> {
+async function fromArray(a: NpyArray, source: string, window?: IntensityWindow): Promise<LoadedInput> {
   const { pixelsFromNpy } = await import('../onnx/predict.js');
   const pixels = pixelsFromNpy(a, source, window);
   return { pixels, shape: pixels.depth === 1 ? [pixels.height, pixels.width] : [pixels.depth, pixels.height, pixels.width] };
 }
 
 /** Read an image or volume for prediction. */
-export async function loadInput(path: string, window?: [number, number]): Promise<LoadedInput> {
+export async function loadInput(path: string, window?: IntensityWindow): Promise<LoadedInput> {
   const ext = lower(extname(path));
   if (!existsSync(path)) throw new Error(`${path}: no such input file`);
   if (ext === '.png') {
@@ -110,6 +104,13 @@ function sliceOf(input: LoadedInput, k: number): Pixels01 {
   return { data: data.slice(k * n, (k + 1) * n), depth: 1, height, width, channels };
 }
 
+/**
+ * The prompts of one run, parsed and checked against the input once, here at the edge: a 2D box
+ * (x0, y0, x1, y1 in image pixels) or a 3D box (x0, y0, z0, x1, y1, z1, slice indices inclusive)
+ * per label. A new prompt kind is a new member of this union.
+ */
+export type LabelPrompt = { label: number; box: Box2D } | { label: number; box: Box3D };
+
 /** `[label:]v0,v1,...` */
 export function parseBox(spec: string, defaultLabel: number): { label: number; box: number[] } {
   const m = /^(?:(\d+):)?([^:]+)$/.exec(spec.trim());
@@ -122,34 +123,44 @@ export function parseBox(spec: string, defaultLabel: number): { label: number; b
   return { label, box: values };
 }
 
-export async function runPredict(args: PredictArgs, log: (line: string) => void = (l) => process.stdout.write(`${l}\n`)): Promise<void> {
-  const { OnnxModel } = await import('../onnx/runtime.js');
-  const { segmentImage, segmentVolume, boxesFromLabels, checkBox, npyNumbers } = await import('../onnx/predict.js');
-  const window = parseWindow(args.window);
-  const input = await loadInput(args.input, window);
-  const specs = (args.box ?? []).map((b, i) => parseBox(b, args.box!.length === 1 ? args.label : i + 1));
+/**
+ * --box / --boxes-from-gts (and --slice) -> the run's prompts and the image or volume they
+ * prompt, each prompt checked against it.
+ */
+export async function parsePrompts(args: PredictArgs, input: LoadedInput): Promise<{ prompts: LabelPrompt[]; image: Pixels01; is3d: boolean }> {
+  const { boxesFromLabels, checkBox, npyNumbers } = await import('../onnx/predict.js');
+  const found = (args.box ?? []).map((b, i) => parseBox(b, args.box!.length === 1 ? args.label : i + 1));
   if (args['boxes-from-gts']) {
     if (!input.gts) throw new Error(`--boxes-from-gts: ${args.input} has no 'gts' array`);
     const { depth, height, width } = input.pixels;
-    const found = boxesFromLabels(npyNumbers(input.gts), depth, height, width, input.shape.length === 3);
-    if (found.length === 0) throw new Error(`--boxes-from-gts: ${args.input}: gts is empty (no label to prompt)`);
-    specs.push(...found);
+    const fromGts = boxesFromLabels(npyNumbers(input.gts), depth, height, width, input.shape.length === 3);
+    if (fromGts.length === 0) throw new Error(`--boxes-from-gts: ${args.input}: gts is empty (no label to prompt)`);
+    found.push(...fromGts);
   }
-  if (specs.length === 0) throw new Error('give a prompt: --box x0,y0,x1,y1 (2D) or --box [label:]x0,y0,z0,x1,y1,z1 (3D), or --boxes-from-gts');
-  const dims = new Set(specs.map((s) => s.box.length));
+  if (found.length === 0) throw new Error('give a prompt: --box x0,y0,x1,y1 (2D) or --box [label:]x0,y0,z0,x1,y1,z1 (3D), or --boxes-from-gts');
+  const dims = new Set(found.map((s) => s.box.length));
   if (dims.size > 1) throw new Error('--box: mix of 2D and 3D boxes');
   const is3d = dims.has(6);
+  let image = input.pixels;
+  if (!is3d && image.depth > 1) {
+    if (args.slice === undefined) throw new Error(`${args.input} is a volume of ${image.depth} slices: pass --slice for a 2D box, or a 3D box x0,y0,z0,x1,y1,z1`);
+    image = sliceOf(input, args.slice);
+  }
+  for (const p of found) checkBox(p.box, image, `label ${p.label} box`);
+  return { prompts: found as LabelPrompt[], image, is3d };
+}
+
+export async function runPredict(args: PredictArgs, log: (line: string) => void = (l) => process.stdout.write(`${l}\n`)): Promise<void> {
+  const { OnnxModel } = await import('../onnx/runtime.js');
+  const { segmentImage, segmentVolume } = await import('../onnx/predict.js');
+  const window = args.window === undefined ? undefined : parseWindow(args.window);
+  const input = await loadInput(args.input, window);
+  const { prompts, image, is3d } = await parsePrompts(args, input);
 
   if (!is3d) {
-    let image = input.pixels;
-    if (image.depth > 1) {
-      if (args.slice === undefined) throw new Error(`${args.input} is a volume of ${image.depth} slices: pass --slice for a 2D box, or a 3D box x0,y0,z0,x1,y1,z1`);
-      image = sliceOf(input, args.slice);
-    }
-    for (const s of specs) checkBox(s.box, image, `label ${s.label} box`);
     const model = OnnxModel.open(args.onnx, { threads: args.threads, needed: ['imageEncoder', 'maskDecoder'] });
-    const out = new (Math.max(...specs.map((s) => s.label)) > 255 ? Uint16Array : Uint8Array)(image.height * image.width);
-    for (const s of specs) {
+    const out = new (Math.max(...prompts.map((s) => s.label)) > 255 ? Uint16Array : Uint8Array)(image.height * image.width);
+    for (const s of prompts) {
       const t0 = performance.now();
       const r = await segmentImage(model, image, s.box as Box2D, { multimask: args.multimask });
       for (let i = 0; i < out.length; i++) if (r.mask[i]) out[i] = s.label;
@@ -158,9 +169,7 @@ export async function runPredict(args: PredictArgs, log: (line: string) => void 
     await model.release();
     await writeOutput(args.out, out, [image.height, image.width], input, true);
   } else {
-    if (input.pixels.depth < 1) throw new Error(`${args.input}: empty volume`);
-    const targets: VolumeTarget[] = specs.map((s) => ({ label: s.label, box: s.box as Box3D }));
-    for (const t of targets) checkBox(t.box, input.pixels, `label ${t.label} box`);
+    const targets: VolumeTarget[] = prompts.map((s) => ({ label: s.label, box: s.box as Box3D }));
     const model = OnnxModel.open(args.onnx, { threads: args.threads });
     const t0 = performance.now();
     let slices = 0;
@@ -220,7 +229,7 @@ export const predictCommand: CommandModule<object, PredictArgs> = {
       .option('slice', { type: 'number', describe: '2D box on one slice of a volume' })
       .option('label', { type: 'number', default: 1, describe: 'label value of a single unlabelled box' })
       .option('multimask', { type: 'boolean', default: false, describe: '2D: best of three masks instead of the single-mask output' })
-      .option('window', { type: 'string', describe: 'intensity window center,width for non-uint8 inputs (e.g. 40,400 for CT soft tissue)' })
+      .option('window', { type: 'string', describe: WINDOW_HELP })
       .option('threads', { type: 'number', describe: 'onnxruntime intra-op threads' }),
   handler: async (args) => {
     await runPredict(args);

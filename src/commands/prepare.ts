@@ -6,14 +6,14 @@
  */
 import type { Argv, CommandModule } from 'yargs';
 import type { NiftiVolume } from '../data/nifti.js';
-import type { CtWindow } from '../data/intensity.js';
+import { parseWindow, WINDOW_HELP, WINDOW_PRESETS, type IntensityWindow } from '../data/intensity.js';
 
 export type Modality = 'CT' | 'MR' | 'PET';
 
 export interface PrepareOptions {
   modality: Modality;
-  /** CT only; default soft tissue (W400 L40) */
-  window?: CtWindow;
+  /** CT only; default soft tissue (center 40, width 400) */
+  window?: IntensityWindow;
   /** keep only the slices from the first to the last one with a label, plus `margin` on each side */
   cropToLabels?: boolean;
   margin?: number;
@@ -47,7 +47,7 @@ function labelData(label: NiftiVolume, scaled: ArrayLike<number>): Uint8Array {
 /** Normalize one image (and its label map) into challenge arrays. */
 export async function prepareCase(image: NiftiVolume, label: NiftiVolume | undefined, opts: PrepareOptions): Promise<PreparedCase> {
   const { scaledData } = await import('../data/nifti.js');
-  const { percentileToUint8, windowToUint8, CT_WINDOW_PRESETS } = await import('../data/intensity.js');
+  const { percentileToUint8, windowToUint8 } = await import('../data/intensity.js');
   if (label) {
     const a = image.shape;
     const b = label.shape;
@@ -58,7 +58,7 @@ export async function prepareCase(image: NiftiVolume, label: NiftiVolume | undef
   const values = scaledData(image);
   let imgs: Uint8Array;
   if (opts.modality === 'CT') {
-    imgs = windowToUint8(values, opts.window ?? CT_WINDOW_PRESETS['soft-tissue']);
+    imgs = windowToUint8(values, opts.window ?? WINDOW_PRESETS['soft-tissue']);
   } else {
     if (opts.window) throw new Error(`--window applies to CT only; ${opts.modality} uses percentile clipping`);
     imgs = percentileToUint8(values, 0.5, 99.5, image.source).data;
@@ -213,7 +213,7 @@ export const prepareCommand: CommandModule<object, PrepareArgs> = {
       })
       .option('window', {
         type: 'string',
-        describe: 'CT window: WIDTH,LEVEL (e.g. 400,40) or soft-tissue (W400 L40, default), lung (W1500 L-600), bone (W1800 L400), brain (W80 L40)',
+        describe: `CT only, default soft-tissue: ${WINDOW_HELP}`,
       })
       .option('out', { type: 'string', demandOption: true, describe: 'output directory for the npz files' })
       .option('crop-to-labels', {
@@ -227,7 +227,6 @@ export const prepareCommand: CommandModule<object, PrepareArgs> = {
     if (modality !== 'CT' && modality !== 'MR' && modality !== 'PET') {
       throw new Error(`--modality must be CT, MR or PET, got "${argv.modality}"`);
     }
-    const { parseWindow } = await import('../data/intensity.js');
     if (argv.window !== undefined && modality !== 'CT') throw new Error(`--window applies to CT only, not ${modality}`);
     const window = argv.window !== undefined ? parseWindow(String(argv.window)) : undefined;
     if (!Number.isInteger(argv.margin) || argv.margin < 0) throw new Error(`--margin must be a non-negative integer, got ${argv.margin}`);

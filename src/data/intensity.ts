@@ -1,7 +1,8 @@
 /**
  * Intensity normalization to uint8, as the medical segmentation challenges (MedSAM / MedSAM2
  * preprocessing) prepare their npz files:
- * - CT: clip to a window [L - W/2, L + W/2] and map it linearly onto 0..255.
+ * - CT: clip to a window [C - W/2, C + W/2] (DICOM Window Center C, Window Width W) and map it
+ *   linearly onto 0..255.
  * - MR, PET: clip to the 0.5th and 99.5th percentiles of the positive voxels, map the clipped range
  *   onto 0..255, and keep voxels that were exactly 0 at 0 (background stays black).
  * Values are truncated to integers like numpy's `np.uint8(x)` on the scaled floats.
@@ -12,16 +13,17 @@
  * keeps one HU value on one gray level across volumes.
  */
 
-export interface CtWindow {
+/** An intensity window in DICOM's terms: Window Center (level) and Window Width. */
+export interface IntensityWindow {
+  center: number;
   width: number;
-  level: number;
 }
 
-export const CT_WINDOW_PRESETS: Record<string, CtWindow> = {
-  'soft-tissue': { width: 400, level: 40 },
-  lung: { width: 1500, level: -600 },
-  bone: { width: 1800, level: 400 },
-  brain: { width: 80, level: 40 },
+export const WINDOW_PRESETS: Record<string, IntensityWindow> = {
+  'soft-tissue': { center: 40, width: 400 },
+  lung: { center: -600, width: 1500 },
+  bone: { center: 400, width: 1800 },
+  brain: { center: 40, width: 80 },
 };
 
 const PRESET_ALIASES: Record<string, string> = {
@@ -31,35 +33,74 @@ const PRESET_ALIASES: Record<string, string> = {
   abdomen: 'soft-tissue',
 };
 
-/** "W,L" (e.g. "400,40", "1500,-600") or a preset name (soft-tissue, lung, bone, brain). */
-export function parseWindow(spec: string): CtWindow {
+/** The one description of `--window` every command's help uses. */
+export const WINDOW_HELP =
+  'intensity window CENTER,WIDTH (DICOM Window Center, Window Width; e.g. 40,400), center=C,width=W, ' +
+  'or a preset: soft-tissue (40,400), lung (-600,1500), bone (400,1800), brain (40,80)';
+
+const NUMBER = String.raw`[+-]?(?:\d+(?:\.\d*)?|\.\d+)`;
+
+/**
+ * `--window`, the same on every command: a preset name, `center=C,width=W` (either order), or
+ * `C,W` — center first, as DICOM lists Window Center before Window Width.
+ *
+ * `prepare` once read `a,b` as WIDTH,LEVEL, and a pair of numbers cannot say which order it was
+ * written in. Every clinical window is at least as wide as its center is far from 0 (soft tissue
+ * 40,400; lung -600,1500; bone 400,1800; brain 40,80), while the same windows in the old order are
+ * not (400,40 would be center 400, width 40). So an unlabelled pair must have width >= |center|;
+ * any other pair — every preset written the old way among them — is refused with both readings
+ * spelled out, and the labelled form takes any window.
+ */
+export function parseWindow(spec: string, option = '--window'): IntensityWindow {
   const s = spec.trim();
   const name = PRESET_ALIASES[s.toLowerCase()] ?? s.toLowerCase();
-  if (CT_WINDOW_PRESETS[name]) return { ...CT_WINDOW_PRESETS[name] };
-  const m = /^\s*([+-]?\d+(?:\.\d+)?)\s*,\s*([+-]?\d+(?:\.\d+)?)\s*$/.exec(s);
-  if (!m) {
-    throw new Error(`--window: expected "WIDTH,LEVEL" (e.g. 400,40) or one of ${Object.keys(CT_WINDOW_PRESETS).join(', ')}; got "${spec}"`);
+  if (WINDOW_PRESETS[name]) return { ...WINDOW_PRESETS[name] };
+  const labelled = new RegExp(`^(center|c|width|w)\\s*=\\s*(${NUMBER})\\s*,\\s*(center|c|width|w)\\s*=\\s*(${NUMBER})$`, 'i').exec(s);
+  const bare = new RegExp(`^(${NUMBER})\\s*,\\s*(${NUMBER})$`).exec(s);
+  let win: IntensityWindow;
+  if (labelled) {
+    const [k1, v1, k2, v2] = labelled.slice(1).map((x) => x.toLowerCase());
+    if (k1[0] === k2[0]) throw new Error(`${option} "${spec}": give center= and width= once each`);
+    win = k1[0] === 'c' ? { center: Number(v1), width: Number(v2) } : { center: Number(v2), width: Number(v1) };
+  } else if (bare) {
+    win = { center: Number(bare[1]), width: Number(bare[2]) };
+    if (!(win.width >= Math.abs(win.center))) {
+      const [a, b] = [win.center, win.width];
+      const asLabelled = b > 0 ? `; for center ${a}, width ${b} write center=${a},width=${b}` : '';
+      throw new Error(
+        `${option} "${spec}": the order is CENTER,WIDTH (DICOM Window Center, Window Width), and a window narrower than ` +
+          `its center's distance from 0 is how prepare's old WIDTH,LEVEL order looks. For width ${a}, level ${b} write ${b},${a}${asLabelled}.`,
+      );
+    }
+  } else {
+    throw new Error(`${option} "${spec}": expected ${WINDOW_HELP}`);
   }
-  const width = Number(m[1]);
-  const level = Number(m[2]);
-  if (!(width > 0)) throw new Error(`--window: the width must be positive, got ${width}`);
-  return { width, level };
+  if (!(win.width > 0)) throw new Error(`${option} "${spec}": the width must be positive, got ${win.width}`);
+  return win;
 }
 
-/** Clip to the window and map [L - W/2, L + W/2] onto 0..255 (truncated). */
-export function windowToUint8(values: ArrayLike<number>, win: CtWindow): Uint8Array {
-  const lo = win.level - win.width / 2;
-  const hi = win.level + win.width / 2;
-  const out = new Uint8Array(values.length);
-  const range = hi - lo;
+/** [center - width/2, center + width/2] */
+export function windowBounds(win: IntensityWindow): [number, number] {
+  return [win.center - win.width / 2, win.center + win.width / 2];
+}
+
+/**
+ * The one clip-and-map of intensities: [lo, hi] linearly onto 0..`top`, clipped, into `out` — a
+ * Uint8Array with top 255 truncates like numpy's `np.uint8(x)`, a Float32Array with top 1 gives
+ * [0, 1]. NaN maps to 0; an empty range (hi <= lo) maps x to x - lo, clipped.
+ */
+export function mapIntensities<A extends Uint8Array | Float32Array>(values: ArrayLike<number>, [lo, hi]: [number, number], out: A, top: number): A {
+  const range = hi > lo ? hi - lo : 1;
   for (let i = 0; i < values.length; i++) {
-    let x = values[i];
-    if (Number.isNaN(x)) x = lo;
-    if (x < lo) x = lo;
-    else if (x > hi) x = hi;
-    out[i] = Math.trunc(((x - lo) / range) * 255);
+    const v = (values[i] - lo) / range;
+    out[i] = (v > 0 ? (v < 1 ? v : 1) : 0) * top; // NaN fails v > 0
   }
   return out;
+}
+
+/** CT to uint8 as the challenges store it: the window onto 0..255 (truncated). */
+export function windowToUint8(values: ArrayLike<number>, win: IntensityWindow): Uint8Array {
+  return mapIntensities(values, windowBounds(win), new Uint8Array(values.length), 255);
 }
 
 /** k-th smallest (0-based) of `a`, reordering `a` in place (Hoare quickselect, median of three). */

@@ -11,8 +11,6 @@
  * and replaced by a sample drawn from a generator derived from (seed, epoch, position, attempt), so
  * a failure changes nothing else in the stream.
  */
-import { createRequire } from 'node:module';
-import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import seedrandom from 'seedrandom';
 import {
@@ -230,7 +228,7 @@ export class BatchProducer {
 
 const setImmediateP = () => new Promise<void>((r) => setImmediate(r));
 
-/** Runs a BatchProducer in a worker thread (src/data/loader-worker.ts). */
+/** Runs a BatchProducer in a worker thread (src/data/loader-worker.ts, started by loader-worker-entry.mjs). */
 class ProducerWorker {
   private worker: Worker;
   private pending = new Map<number, { resolve: (p: Produced) => void; reject: (e: Error) => void }>();
@@ -238,17 +236,7 @@ class ProducerWorker {
   private failed: Error | null = null;
 
   constructor(cfg: ProducerConfig, warn: (msg: string) => void) {
-    const self = import.meta.url;
-    let entry: string;
-    if (self.endsWith('.ts')) {
-      // Running from TypeScript source (tsx, vitest): the worker registers tsx before loading its entry.
-      const api = pathToFileURL(createRequire(self).resolve('tsx/esm/api')).href.replace(/\.cjs$/, '.mjs');
-      const file = new URL('./loader-worker.ts', self).href;
-      entry = `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(file)}); });`;
-    } else {
-      entry = `import(${JSON.stringify(new URL('./loader-worker.js', self).href)});`;
-    }
-    this.worker = new Worker(entry, { eval: true, workerData: cfg });
+    this.worker = new Worker(new URL('./loader-worker-entry.mjs', import.meta.url), { workerData: cfg });
     // Keeps the process alive only while a batch is in flight, so a forgotten close() cannot hang exit.
     this.worker.unref();
     this.worker.on('message', (m: WorkerMessage) => {
@@ -487,55 +475,4 @@ export async function buildValSet(opts: ValSetOptions): Promise<Batch[]> {
   }
   if (batches.length === 0) throw new Error('validation set: no loadable sample');
   return batches;
-}
-
-export interface ThroughputOptions {
-  files: string | string[];
-  imageSize: number;
-  batchSize?: number;
-  /** batches to time (default 10), after a warm-up epoch (at most 20 batches) that fills the caches */
-  batches?: number;
-  augment?: boolean;
-  workers?: number;
-  prefetch?: number;
-  bboxShift?: number;
-  seed?: number;
-}
-
-export interface ThroughputResult {
-  samplesPerSec: number;
-  msPerSample: number;
-  /** time to index (load and validate) the data */
-  indexMs: number;
-  samples: number;
-}
-
-/** Samples/s the loader delivers to a consumer that does nothing else (for `npm run bench`). */
-export async function measureLoaderThroughput(opts: ThroughputOptions): Promise<ThroughputResult> {
-  const batchSize = opts.batchSize ?? 8;
-  const batches = opts.batches ?? 10;
-  const t0 = performance.now();
-  const loader = createTrainLoader({
-    files: opts.files,
-    imageSize: opts.imageSize,
-    batchSize,
-    bboxShift: opts.bboxShift ?? 5,
-    seed: opts.seed ?? 0,
-    augment: opts.augment ?? true,
-    workers: opts.workers ?? 0,
-    prefetch: opts.prefetch,
-    log: () => undefined,
-  });
-  const indexMs = performance.now() - t0;
-  try {
-    const warmup = Math.min(20, Math.max(1, Math.ceil(loader.size / batchSize)));
-    for (let i = 0; i < warmup; i++) await loader.next(); // caches, JIT, workers starting
-    const t1 = performance.now();
-    let samples = 0;
-    for (let i = 0; i < batches; i++) samples += (await loader.next()).batchSize;
-    const ms = performance.now() - t1;
-    return { samplesPerSec: (samples * 1000) / ms, msPerSample: ms / samples, indexMs, samples };
-  } finally {
-    await loader.close();
-  }
 }

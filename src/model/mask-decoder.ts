@@ -17,7 +17,7 @@ import {
   type Ops,
   type ParamSpec,
 } from './ops.js';
-import { LAYER_NORM_2D_EPS, MLP } from './sam2-utils.js';
+import { LAYER_NORM_2D_EPS, MLP, oneMinus } from './sam2-utils.js';
 import { TwoWayTransformer, type TwoWayTransformerConfig } from './two-way-transformer.js';
 
 
@@ -260,4 +260,32 @@ export class MaskDecoder implements Module {
       throw new Error(`MaskDecoder: ${what} must be (${want.join(', ')}), got (${got.join(', ')})`);
     }
   }
+}
+
+/**
+ * The best-IoU choice among M masks, as the official `_forward_sam_heads` (and the image
+ * predictor) make it with `torch.argmax(ious, dim=-1)`: masks (B, M, h, w), ious (B, M) -> the
+ * chosen mask (B, 1, h, w), its IoU (B, 1), and the choice as a one-hot (B, M) (first maximum).
+ */
+export function pickBestMask<T>(ops: Ops<T>, masks: T, ious: T): { mask: T; iou: T; choice: T } {
+  const m = ops.shape(ious)[1];
+  const col = (i: number) => ops.slice(ious, [0, i], [-1, 1]);
+  // a >= b  <=>  relu(b - a) == 0
+  const ge = (a: T, b: T) => ops.equal(ops.relu(ops.sub(b, a)), 0);
+  const picks: T[] = [];
+  let taken: T | undefined;
+  for (let i = 0; i < m; i++) {
+    let s: T | undefined;
+    for (let j = i + 1; j < m; j++) s = s === undefined ? ge(col(i), col(j)) : ops.mul(s, ge(col(i), col(j)));
+    if (s === undefined) s = ops.add(ops.mul(col(i), 0), 1);
+    if (taken !== undefined) s = ops.mul(s, oneMinus(ops, taken));
+    picks.push(s);
+    taken = taken === undefined ? s : ops.add(taken, s);
+  }
+  const choice = ops.concat(picks, 1);
+  return {
+    mask: ops.sum(ops.mul(masks, ops.reshape(choice, [-1, m, 1, 1])), [1], true),
+    iou: ops.sum(ops.mul(ious, choice), [1], true),
+    choice,
+  };
 }

@@ -1,7 +1,8 @@
 /**
  * Position encodings, after the official `sam2/modeling/position_encoding.py`:
- * the sine encoding of the FPN neck and memory encoder, the random-Fourier encoding of the
- * prompt encoder, and the axial rotary encoding (RoPE) of memory attention.
+ * the sine encoding of the FPN neck and memory encoder (and the 1-D one of object pointers,
+ * official `get_1d_sine_pe`), the random-Fourier encoding of the prompt encoder, and the axial
+ * rotary encoding (RoPE) of memory attention.
  *
  * Constant tables are computed here in float32 steps (`Math.fround`) the way PyTorch computes
  * them; everything that depends on a parameter goes through `Ops` so it trains and exports.
@@ -79,6 +80,17 @@ export class PositionEmbeddingSine {
   forward<T>(ops: Ops<T>, h: number, w: number): T {
     return ops.constant(this.table(h, w), [1, h, w, this.channels]);
   }
+}
+
+/**
+ * Official `get_1d_sine_pe` of positions held in a (P, 1) tensor: (P, dim) rows
+ * [sin(p / t_i), cos(p / t_i)] with the same t_i as `PositionEmbeddingSine` (dim / 2 of them), the
+ * division, sin and cos in float32. Object pointers' temporal encoding.
+ */
+export function sine1dPosition<T>(ops: Ops<T>, pos: T, dim: number, temperature = 10000): T {
+  const half = dim / 2;
+  const a = ops.div(pos, ops.constant(sineDimT(half, temperature), [1, half]));
+  return ops.concat([ops.sin(a), ops.cos(a)], 1);
 }
 
 /**

@@ -5,7 +5,9 @@
  * Shared by scripts/golden-check.ts, the tests and the ONNX check.
  */
 import type { NpyArray } from '../io/npz.js';
-import { grayToModelInput, VolumePropagator, type Sam2FrameGraphs, type SliceResult } from './video-predictor.js';
+import type { Sam2FrameGraphs } from './frame-graphs.js';
+import type { SliceResult } from './video-output.js';
+import { grayToModelInput, VolumePropagator } from './video-predictor.js';
 
 /** README: forward tensors max |ours - ref| <= 1e-4 * max(1, max |ref|). */
 export const FORWARD_TOL = 1e-4;

@@ -4,9 +4,11 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { Sam2Config } from './config.js';
-import { SAM2Base, upsampleMasks, type FrameFeatures, type MemoryContext, type MemoryFeatures } from './sam2.js';
+import { roundToBfloat16, type HeadsResult, type HostPrompt, type Sam2FrameGraphs } from './frame-graphs.js';
+import type { MemoryContext, MemoryFeatures } from './memory-bank.js';
+import { upsampleMasks } from './resize.js';
+import type { FrameFeatures, SAM2Base } from './sam2.js';
 import { TfOps } from './tf-ops.js';
-import { roundToBfloat16, type HeadsResult, type HostPrompt, type Sam2FrameGraphs } from './video-predictor.js';
 
 
 export class TfFrameGraphs implements Sam2FrameGraphs<tf.Tensor> {

@@ -1,12 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 // tfjs-core's CommonJS build registers no gradients; the union package registers them all.
 import '@tensorflow/tfjs';
-import { registerFastKernels } from '../backends/fast-kernels.js';
-import { xnnBatchMatMul3d, xnnBatchMatMulAvailable } from '../backends/wasm-batch-matmul.js';
 import type { Conv2dOptions, Ops } from './ops.js';
-
-// faster (and, for two gradients, corrected) cpu / wasm kernels: see backends/fast-kernels.ts
-registerFastKernels();
 
 /*
  * Matrix products. On the WASM backend only an unbatched product without transposes runs in
@@ -67,51 +62,18 @@ const linear2dBias = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>)
 }) as (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.Tensor;
 
 /**
- * Below this many multiply-adds per batch entry the per-entry XNNPACK call (an operator set up and
- * torn down) costs more than WASM's scalar batched loop.
+ * tf.matMul for operands of equal rank whose batch axes broadcast. tfjs's matMul gradient does not
+ * sum over broadcast batch axes, so they are tiled explicitly (tile's gradient does). The
+ * backend's BatchMatMul kernel runs it (on wasm, backends/wasm-batch-matmul.ts).
  */
-const XNN_MIN_MACS = 32 * 1024;
-
-/** (G, M, K) @ (G, K, N) per batch entry in XNNPACK (wasm only), gradients likewise. */
-const xnnBmm = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
-  const [a, b, save] = args as [tf.Tensor, tf.Tensor, tf.GradSaveFunc];
-  save([a, b]);
-  return {
-    value: xnnBatchMatMul3d(a, b),
-    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-      const [sa, sb] = saved;
-      return [
-        tf.tidy(() => xnnBatchMatMul3d(dy, tf.transpose(sb, [0, 2, 1]))),
-        tf.tidy(() => xnnBatchMatMul3d(tf.transpose(sa, [0, 2, 1]), dy)),
-      ];
-    },
-  };
-}) as (a: tf.Tensor, b: tf.Tensor) => tf.Tensor;
-
-/** tf.matMul for operands of equal rank (batch axes broadcast); on wasm through XNNPACK per entry. */
 function batchMatMul(a: tf.Tensor, b: tf.Tensor, transposeA: boolean, transposeB: boolean): tf.Tensor {
   if (a.rank < 3 || a.rank !== b.rank) return tf.matMul(a, b, transposeA, transposeB);
   const lead = a.shape.slice(0, -2).map((d, i) => Math.max(d, b.shape[i]));
   if (!lead.every((d, i) => (a.shape[i] === d || a.shape[i] === 1) && (b.shape[i] === d || b.shape[i] === 1))) {
     return tf.matMul(a, b, transposeA, transposeB); // tfjs reports the shape error
   }
-  const [m, k] = transposeA ? [a.shape[a.rank - 1], a.shape[a.rank - 2]] : a.shape.slice(-2);
-  const n = transposeB ? b.shape[b.rank - 2] : b.shape[b.rank - 1];
   const broadcast = (t: tf.Tensor) => (t.shape.slice(0, -2).every((d, i) => d === lead[i]) ? t : tf.tile(t, [...lead.map((d, i) => d / t.shape[i]), 1, 1]));
-  if (!xnnBatchMatMulAvailable() || m * k * n < XNN_MIN_MACS) {
-    // tfjs's matMul gradient does not sum over broadcast batch axes: tile explicitly (tile's does)
-    return tf.tidy(() => tf.matMul(broadcast(a), broadcast(b), transposeA, transposeB));
-  }
-  return tf.tidy(() => {
-    [a, b] = [broadcast(a), broadcast(b)];
-    const g = lead.reduce((p, d) => p * d, 1);
-    const as3 = (t: tf.Tensor, tr: boolean) => {
-      const t3 = tf.reshape(t, [g, ...t.shape.slice(-2)]);
-      return tr ? tf.transpose(t3, [0, 2, 1]) : t3;
-    };
-    const y = xnnBmm(as3(a, transposeA), as3(b, transposeB));
-    return tf.reshape(y, [...lead, ...y.shape.slice(1)]);
-  });
+  return tf.tidy(() => tf.matMul(broadcast(a), broadcast(b), transposeA, transposeB));
 }
 
 /** Attention score tensors above this many bytes are computed in query chunks. */

@@ -6,7 +6,7 @@
  * S = image size, h = S/16, C = hidden dim, Cm = memory dim; B, N, F, P are dynamic.
  *
  * | file                          | inputs -> outputs                                                   | from |
- * | image_encoder.onnx            | image (B,3,S,S) normalized -> image_embed (B,C,h,h) with no_mem_embed, high_res_0 (B,C/8,4h,4h), high_res_1 (B,C/4,2h,2h), vision_feats (B,C,h,h) without it | imageEmbeddings, encodeFrame |
+ * | image_encoder.onnx            | image (B,3,S,S) normalized -> image_embed (B,C,h,h) with no_mem_embed, high_res_0 (B,C/8,4h,4h), high_res_1 (B,C/4,2h,2h), vision_feats (B,C,h,h) without it | encodeFrame, withNoMemEmbed |
  * | mask_decoder.onnx             | image_embed, high_res_0/1, point_coords (B,N,2) in model pixels 0..S, point_labels (B,N), mask_input (B,1,4h,4h), has_mask_input (B) -> low_res_masks (B,1,4h,4h), iou_predictions (B,1), sam_tokens (B,1,C), the same with _multi (3 masks), object_score_logits (B,1) | promptEncoder.forward, maskDecoder.predictMasks / selectOutputs |
  * | sam_heads.onnx                | pix_feat (B,C,h,h), high_res_0/1, point_coords, point_labels -> pred_masks (B,1,4h,4h) gated, obj_ptr (B,C), the same with _multi (best IoU), object_score_logits | forwardSamHeads (with the object-pointer projection) |
  * | mask_as_output.onnx           | vision_feats, high_res_0/1, mask (B,1,S,S) -> pred_masks, obj_ptr, object_score_logits | useMaskAsOutput |
@@ -15,7 +15,8 @@
  */
 import type { Sam2Config } from '../model/config.js';
 import type { Ops } from '../model/ops.js';
-import { BACKBONE_STRIDE, upsampleMasks, type FrameFeatures, type SAM2Base } from '../model/sam2.js';
+import { upsampleMasks } from '../model/resize.js';
+import { BACKBONE_STRIDE, type FrameFeatures, type SAM2Base } from '../model/sam2.js';
 import type { GraphDef, GraphIO } from './onnx-ops.js';
 
 export const GRAPH_FILES = {
@@ -93,11 +94,10 @@ export function imageEncoderGraph(model: SAM2Base): GraphDef {
     symbols: { batch: 2 },
     build(ops, io) {
       const image = toNhwc(ops, io.input('image', ['batch', 3, g.S, g.S]));
-      const { imageEmbed, highRes } = model.imageEmbeddings(ops, image);
       const frame = model.encodeFrame(ops, image);
-      io.output('image_embed', toNchw(ops, imageEmbed));
-      io.output('high_res_0', toNchw(ops, highRes[0]));
-      io.output('high_res_1', toNchw(ops, highRes[1]));
+      io.output('image_embed', toNchw(ops, model.withNoMemEmbed(ops, frame.visionFeats)));
+      io.output('high_res_0', toNchw(ops, frame.highRes[0]));
+      io.output('high_res_1', toNchw(ops, frame.highRes[1]));
       io.output('vision_feats', toNchw(ops, frame.visionFeats));
     },
   };

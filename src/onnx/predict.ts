@@ -5,10 +5,12 @@
  * backward through the whole volume by the shared loop (model/video-predictor.ts) running on
  * the exported memory graphs, the directions are united and the largest 3D component is kept.
  */
+import { mapIntensities, windowBounds, type IntensityWindow } from '../data/intensity.js';
 import { pixelMap, warpImage, IDENTITY } from '../data/transforms.js';
 import type { NpyArray } from '../io/npz.js';
 import type { SliceData } from '../data/sampling.js';
-import { largestComponent, unionMasks, VolumePropagator, type SliceResult } from '../model/video-predictor.js';
+import { largestComponent, unionMasks, type SliceResult } from '../model/video-output.js';
+import { VolumePropagator } from '../model/video-predictor.js';
 import { OnnxModel, OrtFrameGraphs, predictBox } from './runtime.js';
 
 /** Gray or RGB pixels scaled to [0, 1]: (H, W[, C]) for an image, (D, H, W[, C]) for a volume. */
@@ -24,40 +26,31 @@ export type Box2D = [number, number, number, number];
 export type Box3D = [number, number, number, number, number, number];
 
 /**
- * Scale intensities to [0, 1]: uint8 by 1/255; anything else by a window (center, width) when
- * given, else by its 0.5 and 99.5 percentiles (MedSAM's normalization for non-CT images).
+ * Scale intensities to [0, 1]: uint8 by 1/255; anything else by a window when given, else by its
+ * 0.5 and 99.5 percentiles (MedSAM's normalization for non-CT images).
  */
-export function to01(data: ArrayLike<number>, kind: 'uint8' | 'other', window: [number, number] | undefined, source: string): Float32Array {
-  const out = new Float32Array(data.length);
+export function to01(data: ArrayLike<number>, kind: 'uint8' | 'other', window: IntensityWindow | undefined, source: string): Float32Array {
   if (kind === 'other') {
     // a NaN pixel has no sensible intensity: refuse rather than segment a silently altered image
     for (let i = 0; i < data.length; i++) {
       if (Number.isNaN(data[i])) throw new Error(`${source}: the image holds NaN values (first at flat index ${i})`);
     }
   }
+  const out = new Float32Array(data.length);
   if (kind === 'uint8' && !window) {
     for (let i = 0; i < out.length; i++) out[i] = data[i] / 255;
     return out;
   }
-  let lo: number;
-  let hi: number;
-  if (window) {
-    lo = window[0] - window[1] / 2;
-    hi = window[0] + window[1] / 2;
-  } else {
-    const step = Math.max(1, Math.floor(data.length / 1_000_000));
-    const sample: number[] = [];
-    for (let i = 0; i < data.length; i += step) if (Number.isFinite(data[i])) sample.push(data[i]);
-    sample.sort((a, b) => a - b);
-    lo = sample[Math.floor(0.005 * (sample.length - 1))] ?? 0;
-    hi = sample[Math.ceil(0.995 * (sample.length - 1))] ?? 1;
-  }
-  const range = hi > lo ? hi - lo : 1;
-  for (let i = 0; i < out.length; i++) {
-    const v = (data[i] - lo) / range;
-    out[i] = v < 0 ? 0 : v > 1 ? 1 : v;
-  }
-  return out;
+  return mapIntensities(data, window ? windowBounds(window) : sampledPercentileBounds(data), out, 1);
+}
+
+/** The 0.5 and 99.5 percentiles of up to a million evenly spaced samples. */
+function sampledPercentileBounds(data: ArrayLike<number>): [number, number] {
+  const step = Math.max(1, Math.floor(data.length / 1_000_000));
+  const sample: number[] = [];
+  for (let i = 0; i < data.length; i += step) if (Number.isFinite(data[i])) sample.push(data[i]);
+  sample.sort((a, b) => a - b);
+  return [sample[Math.floor(0.005 * (sample.length - 1))] ?? 0, sample[Math.ceil(0.995 * (sample.length - 1))] ?? 1];
 }
 
 /** An npy array's values as numbers (64-bit integers converted). */
@@ -68,7 +61,7 @@ export function npyNumbers(a: NpyArray): ArrayLike<number> {
 }
 
 /** Image pixels of an npy array: (H,W), (H,W,3), (D,H,W) or (D,H,W,3), scaled to [0, 1] by `to01`. */
-export function pixelsFromNpy(a: NpyArray, source: string, window?: [number, number]): Pixels01 {
+export function pixelsFromNpy(a: NpyArray, source: string, window?: IntensityWindow): Pixels01 {
   const s = a.shape;
   let depth = 1;
   let height: number;
@@ -101,7 +94,7 @@ export function sliceToModelInput(slice: Float32Array, height: number, width: nu
   return out;
 }
 
-/** Throws a message naming the problem when a box does not lie inside the image or volume. */
+/** Throws a message naming the problem when a box does not lie inside the image or volume (callers check at their edge). */
 export function checkBox(box: number[], dims: { depth?: number; height: number; width: number }, what = 'box'): void {
   const is3d = box.length === 6;
   const [x0, y0, x1, y1] = is3d ? [box[0], box[1], box[3], box[4]] : box;
@@ -120,14 +113,13 @@ export function checkBox(box: number[], dims: { depth?: number; height: number; 
   }
 }
 
-/** 2D: one image, one box (image pixels) -> a binary mask (H * W, 1 = object) and the mask's scores. */
+/** 2D: one image, one box (image pixels, checked by the caller) -> a binary mask (H * W, 1 = object) and the mask's scores. */
 export async function segmentImage(
   model: OnnxModel,
   image: Pixels01,
   box: Box2D,
   opts: { multimask?: boolean } = {},
 ): Promise<{ mask: Uint8Array; iou: number; objectScore: number }> {
-  checkBox(box, image);
   const input = sliceToModelInput(image.data, image.height, image.width, image.channels, model.geometry.S);
   const r = await predictBox(model, input, image, box, opts.multimask);
   const mask = new Uint8Array(r.logits.length);
@@ -157,7 +149,6 @@ export async function segmentVolume(
   opts: { onSlice?: (p: VolumeProgress) => void; cacheBytes?: number } = {},
 ): Promise<Uint8Array | Uint16Array> {
   const { depth: D, height: H, width: W, channels } = volume;
-  for (const t of targets) checkBox(t.box, volume, `label ${t.label} box`);
   const { S, h, C } = model.geometry;
   const n = H * W * channels;
   // A slice's model input (and, through OrtFrameGraphs, its encoder outputs) is kept while it

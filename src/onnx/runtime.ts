@@ -8,8 +8,12 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { Sam2Config } from '../model/config.js';
-import { upsampleMasks } from '../model/sam2.js';
-import { roundToBfloat16, type FrameFeatures, type HeadsResult, type HostPrompt, type MemoryContext, type MemoryFeatures, type Sam2FrameGraphs } from '../model/video-predictor.js';
+import { roundToBfloat16, type HeadsResult, type HostPrompt, type Sam2FrameGraphs } from '../model/frame-graphs.js';
+import { memoryBankTemporal, type MemoryContext, type MemoryFeatures } from '../model/memory-bank.js';
+import { pickBestMask } from '../model/mask-decoder.js';
+import { upsampleMasks } from '../model/resize.js';
+import type { FrameFeatures } from '../model/sam2.js';
+import { pointsToModel } from '../model/slice-prompt.js';
 import { geometry, GRAPH_FILES, MANIFEST_FILE, type Geometry, type GraphKey, type Manifest } from './graphs.js';
 import { OnnxOps } from './onnx-ops.js';
 
@@ -107,20 +111,38 @@ export class OnnxModel {
     return (await this.session(key)).run(inputs);
   }
 
-  /** A bilinear (align_corners=False) resize of (1, 1, h, w) mask logits, as a graph built on first use. */
-  private readonly resizers = new Map<string, Promise<ort.InferenceSession>>();
+  /** Small helper graphs traced from the model's own functions on first use, by shape. */
+  private readonly helpers = new Map<string, Promise<ort.InferenceSession>>();
+  private helper(key: string, build: (ops: OnnxOps) => void): Promise<ort.InferenceSession> {
+    let s = this.helpers.get(key);
+    if (!s) {
+      const ops = new OnnxOps(key.replace(/\W/g, '_'), { params: new Map() });
+      build(ops);
+      s = createSession(ops.graph.toModel(), this.opts);
+      this.helpers.set(key, s);
+    }
+    return s;
+  }
+
+  /** A bilinear (align_corners=False) resize of (1, 1, h, w) mask logits (`upsampleMasks`). */
   async resizeMasks(masks: ort.Tensor, size: [number, number]): Promise<Float32Array> {
     const [, , h, w] = masks.dims;
-    const key = `${h}x${w}->${size[0]}x${size[1]}`;
-    let s = this.resizers.get(key);
-    if (!s) {
-      const ops = new OnnxOps('resize_masks', { params: new Map() });
+    const session = await this.helper(`resize ${h}x${w} to ${size[0]}x${size[1]}`, (ops) => {
       ops.output('masks', upsampleMasks(ops, ops.input('low_res_masks', [1, 1, h, w]), size));
-      s = createSession(ops.graph.toModel(), this.opts);
-      this.resizers.set(key, s);
-    }
-    const out = await (await s).run({ low_res_masks: masks });
-    return hostOf(out.masks).data;
+    });
+    return hostOf((await session.run({ low_res_masks: masks })).masks).data;
+  }
+
+  /** The best-IoU mask of (1, M, h, w) (`pickBestMask`), resized like `resizeMasks`, and its IoU. */
+  async bestMask(masks: ort.Tensor, ious: ort.Tensor, size: [number, number]): Promise<{ logits: Float32Array; iou: number }> {
+    const [, m, h, w] = masks.dims;
+    const session = await this.helper(`best of ${m} ${h}x${w} to ${size[0]}x${size[1]}`, (ops) => {
+      const best = pickBestMask(ops, ops.input('low_res_masks', [1, m, h, w]), ops.input('iou_predictions', [1, m]));
+      ops.output('masks', upsampleMasks(ops, best.mask, size));
+      ops.output('iou', best.iou);
+    });
+    const out = await session.run({ low_res_masks: masks, iou_predictions: ious });
+    return { logits: hostOf(out.masks).data, iou: hostOf(out.iou).data[0] };
   }
 
   /** (H, W, 3) channels-last normalized image -> the image encoder's NCHW input. */
@@ -137,9 +159,9 @@ export class OnnxModel {
   }
 
   async release(): Promise<void> {
-    for (const s of [...this.sessions.values(), ...this.resizers.values()]) await (await s).release();
+    for (const s of [...this.sessions.values(), ...this.helpers.values()]) await (await s).release();
     this.sessions.clear();
-    this.resizers.clear();
+    this.helpers.clear();
   }
 }
 
@@ -168,26 +190,19 @@ export async function predictBox(
 ): Promise<BoxPrediction> {
   const { S, h } = model.geometry;
   const enc = await model.run('imageEncoder', { image: OnnxModel.nchwImage(image, S) });
-  const [x0, y0, x1, y1] = box;
-  const coords = Float32Array.from([(x0 / size.width) * S, (y0 / size.height) * S, (x1 / size.width) * S, (y1 / size.height) * S]);
+  const { coords, labels } = pointsToModel({ box }, size, S);
   const dec = await model.run('maskDecoder', {
     image_embed: enc.image_embed,
     high_res_0: enc.high_res_0,
     high_res_1: enc.high_res_1,
     point_coords: { data: coords, shape: [1, 2, 2] },
-    point_labels: { data: Float32Array.from([2, 3]), shape: [1, 2] },
+    point_labels: { data: labels, shape: [1, 2] },
     mask_input: { data: new Float32Array(16 * h * h), shape: [1, 1, 4 * h, 4 * h] },
     has_mask_input: { data: Float32Array.from([0]), shape: [1] },
   });
   const suffix = multimask ? '_multi' : '';
-  const masks = hostOf(dec[`low_res_masks${suffix}`]);
-  const ious = hostOf(dec[`iou_predictions${suffix}`]).data;
-  let best = 0;
-  for (let i = 1; i < ious.length; i++) if (ious[i] > ious[best]) best = i;
-  const m = 16 * h * h;
-  const chosen = new ort.Tensor('float32', masks.data.slice(best * m, (best + 1) * m), [1, 1, 4 * h, 4 * h]);
-  const logits = await model.resizeMasks(chosen, [size.height, size.width]);
-  return { logits, iou: ious[best], objectScore: hostOf(dec.object_score_logits).data[0] };
+  const { logits, iou } = await model.bestMask(dec[`low_res_masks${suffix}`], dec[`iou_predictions${suffix}`], [size.height, size.width]);
+  return { logits, iou, objectScore: hostOf(dec.object_score_logits).data[0] };
 }
 
 // ───────────────────────────── 3D: the propagation graphs ─────────────────────────────
@@ -246,20 +261,18 @@ export class OrtFrameGraphs implements Sam2FrameGraphs<ort.Tensor> {
     const { h, C, Cm } = this.model.geometry;
     const nm = this.config.num_maskmem;
     const F = memory.memories.length;
-    if (F === 0) throw new Error('conditionOnMemory: empty memory bank');
-    const tpos = new Float32Array(F * nm);
-    memory.memories.forEach((m, i) => (tpos[i * nm + nm - m.tPos - 1] = 1));
+    const { tposOneHot, objPtrTpos } = memoryBankTemporal(memory, nm);
     const feeds: Record<string, HostArray | ort.Tensor> = {
       vision_feats: frame.visionFeats,
       memory: concatTensors(memory.memories.map((m) => m.features), [F, h, h, Cm]),
       memory_pos_enc: concatTensors(memory.memories.map((m) => m.posEnc), [F, h, h, Cm]),
-      memory_tpos: { data: tpos, shape: [F, nm] },
+      memory_tpos: { data: tposOneHot, shape: [F, nm] },
     };
     if (this.config.use_obj_ptrs_in_encoder) {
       const P = memory.objPtrs.length;
       if (P === 0) throw new Error('conditionOnMemory: the exported memory attention needs at least one object pointer');
       feeds.obj_ptrs = concatTensors(memory.objPtrs.map((p) => p.ptr), [P, C]);
-      feeds.obj_ptr_tpos = { data: Float32Array.from(memory.objPtrs.map((p) => p.tDiff / memory.tDiffMax)), shape: [P, 1] };
+      feeds.obj_ptr_tpos = { data: objPtrTpos, shape: [P, 1] };
     }
     return (await this.model.run('memoryAttention', feeds)).pix_feat;
   }

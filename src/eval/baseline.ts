@@ -1,0 +1,50 @@
+/** The trivial baselines a trained model should beat, scored like the model. */
+
+/** The parts of a data batch (data/types.ts `Batch`) a baseline reads; eval does not import data. */
+export interface PromptedMasks {
+  batchSize: number;
+  imageSize: number;
+  /** side of the low-res masks */
+  maskSize: number;
+  /** (B * 4) x0, y0, x1, y1 in input pixels */
+  boxes: Float32Array;
+  /** (B * maskSize * maskSize) ground truth, > 0.5 = object */
+  masks: Float32Array;
+}
+
+/**
+ * Dice of the trivial answer "an ellipse filling the prompt box" against each sample's ground
+ * truth, at the low-res mask size.
+ */
+export function ellipseInBoxDice(b: PromptedMasks): number[] {
+  const m = b.maskSize;
+  const scale = b.imageSize / m;
+  const out: number[] = [];
+  for (let n = 0; n < b.batchSize; n++) {
+    const [x0, y0, x1, y1] = b.boxes.subarray(n * 4, n * 4 + 4);
+    const cx = (x0 + x1) / 2;
+    const cy = (y0 + y1) / 2;
+    const rx = Math.max((x1 - x0) / 2, 1e-6);
+    const ry = Math.max((y1 - y0) / 2, 1e-6);
+    let inter = 0;
+    let pred = 0;
+    let gt = 0;
+    for (let i = 0; i < m; i++) {
+      for (let j = 0; j < m; j++) {
+        const inside = (((j + 0.5) * scale - cx) / rx) ** 2 + (((i + 0.5) * scale - cy) / ry) ** 2 <= 1;
+        const g = b.masks[n * m * m + i * m + j] > 0.5;
+        if (inside) pred++;
+        if (g) gt++;
+        if (inside && g) inter++;
+      }
+    }
+    out.push(pred + gt === 0 ? 1 : (2 * inter) / (pred + gt));
+  }
+  return out;
+}
+
+/** Mean `ellipseInBoxDice` over a validation set, or null for an empty one. */
+export function meanEllipseDice(valSet: PromptedMasks[]): number | null {
+  const count = valSet.reduce((n, b) => n + b.batchSize, 0);
+  return count > 0 ? valSet.flatMap(ellipseInBoxDice).reduce((a, v) => a + v, 0) / count : null;
+}

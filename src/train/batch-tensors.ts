@@ -1,0 +1,19 @@
+/** A host batch as the tensors the model and the loss take. */
+import * as tf from '@tensorflow/tfjs-core';
+import type { Batch } from '../data/types.js';
+
+/** Batch -> the three input tensors (images NHWC, boxes, masks as (B, m, m, 1)). */
+export function batchTensors(b: Batch): { images: tf.Tensor; boxes: tf.Tensor; masks: tf.Tensor } {
+  return {
+    images: tf.tensor4d(b.images, [b.batchSize, b.imageSize, b.imageSize, 3]),
+    boxes: tf.tensor2d(b.boxes, [b.batchSize, 4]),
+    masks: tf.tensor4d(b.masks, [b.batchSize, b.maskSize, b.maskSize, 1]),
+  };
+}
+
+/** (B, 1, m, m) decoder logits as (B, m, m, 1); the same memory for one mask channel. */
+export function logitsNhwc(masks: tf.Tensor): tf.Tensor {
+  const [b, c, h, w] = masks.shape;
+  if (c !== 1) throw new Error(`expected one mask per prompt, got ${c}`);
+  return tf.reshape(masks, [b, h, w, 1]);
+}

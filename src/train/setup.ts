@@ -1,0 +1,124 @@
+/**
+ * Setting a run up: the model and its weights (resumed, from a checkpoint, or seeded), the
+ * trainable parameters and AdamW, then the data (synthetic volumes generated on first use, the
+ * prefetching train loader, the fixed validation set).
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { join } from 'node:path';
+import { buildValSet, createTrainLoader, type TrainLoader } from '../data/loader.js';
+import type { Batch } from '../data/types.js';
+import { readStateDict } from '../io/checkpoint-file.js';
+import { resolveModelChoice, type Sam2Config } from '../model/config.js';
+import { SAM2Base } from '../model/sam2.js';
+import { TfOps } from '../model/tf-ops.js';
+import { initParams, loadStateDict, paramCount, toTfParams, type StateDict } from '../model/weights.js';
+import { findCheckpoint, loadCheckpoint, type Checkpoint } from './checkpoint.js';
+import type { TrainConfig } from './config.js';
+import { AdamW, buildParamGroups } from './optimizer.js';
+
+export interface ModelSetup {
+  modelConfig: Sam2Config;
+  model: SAM2Base;
+  ops: TfOps;
+  params: Map<string, tf.Variable>;
+  /** the trained parameters by state-dict key */
+  trainable: Map<string, tf.Variable>;
+  /** state-dict key of each trained variable's tfjs name (tf.variableGrads keys its gradients so) */
+  keyOfVar: Map<string, string>;
+  optimizer: AdamW;
+  /** the checkpoint the run continues from */
+  resumed?: Checkpoint;
+}
+
+/** The model, its weights and optimizer, resumed from `resume` ('auto': the run's latest checkpoint) when given. */
+export function setupModel(config: TrainConfig, runDir: string, resume: string | undefined, say: (msg: string) => void): ModelSetup {
+  const t = config.train;
+  const modelConfig = resolveModelChoice(config.model);
+  const model = new SAM2Base(modelConfig);
+  const specs = model.paramSpecs();
+  const resumeDir = resume === 'auto' ? findCheckpoint(runDir) : resume;
+  if (resume === 'auto' && !resumeDir) say(`no checkpoint in ${runDir}/checkpoints yet: starting from the beginning`);
+  const resumed = resumeDir ? loadCheckpoint(resumeDir) : undefined;
+  let weights: StateDict;
+  if (resumed) {
+    weights = loadStateDict(specs, resumed.model, { source: join(resumeDir!, 'model.safetensors') }).params;
+    say(`resuming from ${resumeDir} at step ${resumed.state.step}`);
+  } else if (config.model.checkpoint) {
+    weights = loadStateDict(specs, readStateDict(config.model.checkpoint), { source: config.model.checkpoint }).params;
+  } else {
+    weights = initParams(specs, config.seed);
+  }
+  // the prompt encoder's random Fourier matrix is a buffer in PyTorch, never trained
+  const isTrainable = (name: string) =>
+    !name.endsWith('.positional_encoding_gaussian_matrix') && config.model.trainable.some((p) => name === p || name.startsWith(`${p}.`));
+  const params = toTfParams(weights, { trainable: isTrainable });
+  const trainable = new Map([...params].filter(([, v]) => v.trainable));
+  if (trainable.size === 0) throw new Error(`model.trainable (${config.model.trainable.join(', ')}) matches no parameter`);
+  say(
+    `model: ${paramCount(specs).toLocaleString('en')} parameters, ${paramCount([...trainable.values()]).toLocaleString('en')} trained ` +
+      `(${config.model.trainable.join(', ')}), image size ${modelConfig.image_size}`,
+  );
+  const optimizer = new AdamW(
+    trainable,
+    buildParamGroups(trainable, {
+      lr: t.lr,
+      imageEncoderLr: t.image_encoder_lr ?? undefined,
+      weightDecay: t.weight_decay,
+      noDecayBiasNorm: t.no_decay_bias_norm,
+      layerDecay: t.layer_decay,
+    }),
+    t.betas,
+    t.eps,
+  );
+  if (resumed) optimizer.loadState(resumed.optimizer);
+  const keyOfVar = new Map([...trainable].map(([k, v]) => [v.name, k]));
+  return { modelConfig, model, ops: new TfOps(params), params, trainable, keyOfVar, optimizer, resumed };
+}
+
+export interface DataSetup {
+  loader: TrainLoader;
+  valSet: Batch[];
+  /** validation samples */
+  valCount: number;
+}
+
+/** The train loader (continuing the resumed cursor) and the validation set; generates synthetic data first when configured. */
+export async function setupData(config: TrainConfig, imageSize: number, loaderState: Record<string, unknown> | undefined, say: (msg: string) => void): Promise<DataSetup> {
+  const d = config.data;
+  if (d.generate) {
+    const { ensureSyntheticVolumes } = await import('../data/synthetic.js');
+    const g = d.generate;
+    for (const [split, dir, count] of [['train', d.train, g.train_volumes], ['val', d.val, g.val_volumes]] as const) {
+      if (dir === null) continue;
+      if (typeof dir !== 'string') throw new Error(`data.generate needs data.${split} to be one directory, not a list`);
+      const made = ensureSyntheticVolumes(dir, { count, depth: g.depth, size: g.size, organs: g.organs, noise: g.noise, seed: `${config.seed}/${split}` });
+      if (made) say(`generated ${count} synthetic ${split} volumes in ${dir}`);
+    }
+  }
+  const augment = d.augment.flip_h || d.augment.flip_v || d.augment.max_rotation > 0
+    ? { flipH: d.augment.flip_h, flipV: d.augment.flip_v, maxRotation: d.augment.max_rotation }
+    : false;
+  const loader = createTrainLoader({
+    files: d.train,
+    imageSize,
+    batchSize: config.train.batch_size,
+    bboxShift: d.bbox_shift,
+    seed: config.seed,
+    augment,
+    prefetch: d.prefetch,
+    workers: d.workers,
+    state: loaderState,
+  });
+  const valSet = d.val
+    ? await buildValSet({
+        files: d.val,
+        imageSize,
+        maxSamples: d.val_samples > 0 ? d.val_samples : Number.MAX_SAFE_INTEGER,
+        seed: config.seed,
+        batchSize: config.train.batch_size,
+      })
+    : [];
+  const valCount = valSet.reduce((n, b) => n + b.batchSize, 0);
+  say(`data: ${loader.size} training samples per epoch${d.val ? `, ${valCount} validation samples` : ''}`);
+  return { loader, valSet, valCount };
+}

@@ -1,0 +1,77 @@
+/**
+ * One optimizer step: grad_accum micro-batches (batch -> forward -> Dice + BCE -> gradients),
+ * gradient clipping, a stop before the update on a non-finite loss or gradient, AdamW. Values
+ * are read back asynchronously (`await t.data()`), never with a synchronous read.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { join } from 'node:path';
+import type { TrainLoader } from '../data/loader.js';
+import type { TrainConfig } from './config.js';
+import { segmentationLoss } from './loss.js';
+import { clipGradNorm, GradAccumulator } from './optimizer.js';
+import { batchTensors, logitsNhwc } from './batch-tensors.js';
+import type { ModelSetup } from './setup.js';
+
+export class NonFiniteLossError extends Error {}
+
+export interface StepStats {
+  /** training loss and its terms, averaged over the micro-batches */
+  loss: number;
+  dice: number;
+  bce: number;
+  gradNorm: number;
+  /** samples consumed */
+  samples: number;
+}
+
+/** The step that takes `step` to `step + 1`, with the learning rate scaled by `lrScale`. */
+export async function trainStep(run: ModelSetup, loader: TrainLoader, t: TrainConfig['train'], step: number, lrScale: number, runDir: string): Promise<StepStats> {
+  const { model, ops, trainable, keyOfVar, optimizer } = run;
+  const accumulator = new GradAccumulator();
+  const stats: StepStats = { loss: 0, dice: 0, bce: 0, gradNorm: 0, samples: 0 };
+  for (let micro = 0; micro < t.grad_accum; micro++) {
+    const batch = await loader.next();
+    const x = batchTensors(batch);
+    let terms: tf.Scalar[] = [];
+    const { value, grads } = tf.variableGrads(() => {
+      const logits = logitsNhwc(model.predictFromBoxes(ops, x.images, x.boxes).masks);
+      const l = segmentationLoss(logits, x.masks, t.dice_weight, t.bce_weight);
+      terms = [tf.keep(l.dice), tf.keep(l.bce)];
+      return l.loss;
+    }, [...trainable.values()]);
+    const [lv, dv, bv] = await Promise.all([value, ...terms].map(async (s) => (await s.data())[0]));
+    tf.dispose([value, ...terms, x.images, x.boxes, x.masks]);
+    accumulator.add(new Map(Object.entries(grads).map(([name, g]) => [keyOfVar.get(name)!, g])));
+    stats.loss += lv / t.grad_accum;
+    stats.dice += dv / t.grad_accum;
+    stats.bce += bv / t.grad_accum;
+    stats.samples += batch.batchSize;
+  }
+  const raw = accumulator.take();
+  const { grads, norm } = await clipGradNorm(raw, t.grad_clip ?? undefined);
+  if (!Number.isFinite(stats.loss) || !Number.isFinite(norm)) {
+    tf.dispose([...raw.values(), ...grads.values()]);
+    throw new NonFiniteLossError(
+      `step ${step + 1}: ${!Number.isFinite(stats.loss) ? `loss is ${stats.loss}` : `gradient norm is ${norm}`}; stopping without updating the weights. ` +
+        `The last good checkpoint stays in ${join(runDir, 'checkpoints')}. Try a lower train.lr or train.grad_clip.`,
+    );
+  }
+  await optimizer.step(grads, lrScale);
+  tf.dispose([...new Set([...raw.values(), ...grads.values()])]);
+  stats.gradNorm = norm;
+  return stats;
+}
+
+/**
+ * tfjs-backend-wasm aborts ("Aborted()", "memory access out of bounds") when its 32-bit heap runs
+ * out: that failure as a message saying what to change; any other error as it is.
+ */
+export function explainStepFailure(err: unknown, step: number, imageSize: number, t: TrainConfig['train'], runDir: string): unknown {
+  if (!(err instanceof WebAssembly.RuntimeError && tf.getBackend() === 'wasm')) return err;
+  return new Error(
+    `the wasm backend failed during step ${step + 1} (${err.message}): its 4 GiB heap is too small for image size ` +
+      `${imageSize} with batch ${t.batch_size}. ` +
+      (t.batch_size > 1 ? 'Lower train.batch_size (raise train.grad_accum to keep the effective batch) or use' : 'Use') +
+      ` backend cpu or tensorflow. The last checkpoint stays in ${join(runDir, 'checkpoints')}.`,
+  );
+}
