@@ -87,6 +87,8 @@ const TrainSchema = z.strictObject({
   min_lr: nonNegative.default(0),
   /** clip gradients to this global L2 norm; null: no clipping */
   grad_clip: z.number().positive().nullable().default(null),
+  /** dice_bce: the seed recipe (Dice + BCE, weighted below); sam2: SAM2's own loss (focal 20, Dice, IoU, object score) */
+  loss: z.enum(['dice_bce', 'sam2']).default('dice_bce'),
   dice_weight: nonNegative.default(1),
   bce_weight: nonNegative.default(1),
   /** validate every N steps (and at the end); 0: only at the end */

@@ -1,6 +1,6 @@
 /**
  * Where a run reports: `<run-dir>/metrics.jsonl` (one JSON object a line:
- * `{"step","loss","dice","bce","lr"}` for training, `{"step","val_dice"}` for validation),
+ * `{"step","loss",<terms>,"lr"}` for training (terms: dice and bce, or those of the SAM2 loss), `{"step","val_dice"}` for validation),
  * TensorBoard event files in `<run-dir>/tensorboard/` (the same numbers plus grad norm, img/s
  * and a validation overlay image), and a console progress bar (plain lines when not a TTY).
  */
@@ -13,8 +13,8 @@ import { TensorBoardWriter, type TbImage } from './tensorboard.js';
 
 export interface TrainMetrics {
   loss: number;
-  dice: number;
-  bce: number;
+  /** the loss's named terms, e.g. dice and bce */
+  terms: Record<string, number>;
   lr: number;
   gradNorm: number;
   imgPerSec: number;
@@ -87,12 +87,11 @@ export class MetricsLog {
     if (logNow) {
       appendFileSync(
         this.jsonlPath,
-        `${JSON.stringify({ step, loss: round(m.loss), dice: round(m.dice), bce: round(m.bce), lr: round(m.lr) })}\n`,
+        `${JSON.stringify({ step, loss: round(m.loss), ...Object.fromEntries(Object.entries(m.terms).map(([k, v]) => [k, round(v)])), lr: round(m.lr) })}\n`,
       );
       this.tb.scalars(step, {
         'train/loss': m.loss,
-        'train/dice_loss': m.dice,
-        'train/bce_loss': m.bce,
+        ...Object.fromEntries(Object.entries(m.terms).map(([k, v]) => [`train/${k}_loss`, v])),
         'train/lr': m.lr,
         'train/grad_norm': m.gradNorm,
         'train/img_per_sec': m.imgPerSec,
@@ -102,7 +101,7 @@ export class MetricsLog {
       this.bar.update(step, { loss: m.loss.toFixed(4), ips: m.imgPerSec.toFixed(1) });
     } else if (!this.quiet && (step % this.plainEvery === 0 || step === this.opts.maxSteps)) {
       console.log(
-        `step ${step}/${this.opts.maxSteps}  loss ${m.loss.toFixed(4)} (dice ${m.dice.toFixed(4)}, bce ${m.bce.toFixed(4)})  ` +
+        `step ${step}/${this.opts.maxSteps}  loss ${m.loss.toFixed(4)} (${Object.entries(m.terms).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')})  ` +
           `lr ${m.lr.toExponential(2)}  grad-norm ${m.gradNorm.toFixed(3)}  ${m.imgPerSec.toFixed(1)} img/s`,
       );
     }

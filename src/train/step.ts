@@ -1,5 +1,5 @@
 /**
- * One optimizer step: grad_accum micro-batches (batch -> forward -> Dice + BCE -> gradients),
+ * One optimizer step: grad_accum micro-batches (batch -> forward -> loss -> gradients),
  * gradient clipping, a stop before the update on a non-finite loss or gradient, AdamW. Values
  * are read back asynchronously (`await t.data()`), never with a synchronous read.
  */
@@ -7,18 +7,17 @@ import * as tf from '@tensorflow/tfjs-core';
 import { join } from 'node:path';
 import type { TrainLoader } from '../data/loader.js';
 import type { TrainConfig } from './config.js';
-import { segmentationLoss } from './loss.js';
 import { clipGradNorm, GradAccumulator } from './optimizer.js';
-import { batchTensors, logitsNhwc } from './batch-tensors.js';
+import { batchTensors } from './batch-tensors.js';
+import { trainingObjective } from './objective.js';
 import type { ModelSetup } from './setup.js';
 
 export class NonFiniteLossError extends Error {}
 
 export interface StepStats {
-  /** training loss and its terms, averaged over the micro-batches */
+  /** training loss and its named terms, averaged over the micro-batches */
   loss: number;
-  dice: number;
-  bce: number;
+  terms: Record<string, number>;
   gradNorm: number;
   /** samples consumed */
   samples: number;
@@ -28,23 +27,22 @@ export interface StepStats {
 export async function trainStep(run: ModelSetup, loader: TrainLoader, t: TrainConfig['train'], step: number, lrScale: number, runDir: string): Promise<StepStats> {
   const { model, ops, trainable, keyOfVar, optimizer } = run;
   const accumulator = new GradAccumulator();
-  const stats: StepStats = { loss: 0, dice: 0, bce: 0, gradNorm: 0, samples: 0 };
+  const stats: StepStats = { loss: 0, terms: {}, gradNorm: 0, samples: 0 };
   for (let micro = 0; micro < t.grad_accum; micro++) {
     const batch = await loader.next();
     const x = batchTensors(batch);
-    let terms: tf.Scalar[] = [];
+    let terms: Record<string, tf.Scalar> = {};
     const { value, grads } = tf.variableGrads(() => {
-      const logits = logitsNhwc(model.predictFromBoxes(ops, x.images, x.boxes).masks);
-      const l = segmentationLoss(logits, x.masks, t.dice_weight, t.bce_weight);
-      terms = [tf.keep(l.dice), tf.keep(l.bce)];
-      return l.loss;
+      const objective = trainingObjective(model.predictFromBoxes(ops, x.images, x.boxes), x.masks, t);
+      terms = Object.fromEntries(Object.entries(objective.terms).map(([k, v]) => [k, tf.keep(v)]));
+      return objective.loss;
     }, [...trainable.values()]);
-    const [lv, dv, bv] = await Promise.all([value, ...terms].map(async (s) => (await s.data())[0]));
-    tf.dispose([value, ...terms, x.images, x.boxes, x.masks]);
+    const names = Object.keys(terms);
+    const [lv, ...tv] = await Promise.all([value, ...Object.values(terms)].map(async (s) => (await s.data())[0]));
+    tf.dispose([value, ...Object.values(terms), x.images, x.boxes, x.masks]);
     accumulator.add(new Map(Object.entries(grads).map(([name, g]) => [keyOfVar.get(name)!, g])));
     stats.loss += lv / t.grad_accum;
-    stats.dice += dv / t.grad_accum;
-    stats.bce += bv / t.grad_accum;
+    names.forEach((k, i) => (stats.terms[k] = (stats.terms[k] ?? 0) + tv[i] / t.grad_accum));
     stats.samples += batch.batchSize;
   }
   const raw = accumulator.take();

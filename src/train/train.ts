@@ -95,7 +95,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       p.samplesSeen += s.samples;
       result.losses.push(s.loss);
       const now = performance.now();
-      log.train(p.step, { loss: s.loss, dice: s.dice, bce: s.bce, lr: t.lr * scale, gradNorm: s.gradNorm, imgPerSec: (t.batch_size * t.grad_accum * 1000) / (now - lastTime) }, p.step % t.log_every === 0 || p.step === t.max_steps);
+      log.train(p.step, { loss: s.loss, terms: s.terms, lr: t.lr * scale, gradNorm: s.gradNorm, imgPerSec: (t.batch_size * t.grad_accum * 1000) / (now - lastTime) }, p.step % t.log_every === 0 || p.step === t.max_steps);
       opts.onStep?.({ step: p.step, loss: s.loss, numTensors: tf.memory().numTensors });
       const last = p.step === t.max_steps;
       const stopping = stop.requested() || (opts.stopAfterStep !== undefined && p.step >= opts.stopAfterStep);
