@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -162,7 +162,7 @@ describe('npx medtune prepare', () => {
     writeVolume(join(d.images, 'x.nii.gz'), new Int16Array(n), shape);
     writeVolume(join(d.labels, 'x.nii.gz'), new Uint8Array(4 * 6 * 4), [4, 6, 4]);
     await expect(prepareDirectories({ images: d.images, labels: d.labels, out: d.out, modality: 'CT' })).rejects.toThrow(
-      /labels\/x\.nii\.gz: label shape \(4, 6, 4\) does not match image .*images\/x\.nii\.gz \(4, 6, 5\)/,
+      /labels\/x\.nii\.gz: label shape \(4, 6, 4\) differs from image .*images\/x\.nii\.gz \(4, 6, 5\)/,
     );
     writeVolume(join(d.labels, 'x.nii.gz'), new Float32Array(n).fill(1.5), shape);
     await expect(prepareDirectories({ images: d.images, labels: d.labels, out: d.out, modality: 'CT' })).rejects.toThrow(
@@ -186,6 +186,35 @@ describe('npx medtune prepare', () => {
     await expect(prepareDirectories({ images: d.images, labels: d.labels, out: d.out, modality: 'CT' })).rejects.toThrow(
       /images\/z\.nii\.gz: not a NIfTI file/,
     );
+  });
+
+  it('a Decathlon folder: label names written, missing cases skipped and counted, geometry and label values checked, nothing overwritten, shards', async () => {
+    const dec = join(root, 'decathlon');
+    mkdirSync(join(dec, 'imagesTr'), { recursive: true });
+    mkdirSync(join(dec, 'labelsTr'), { recursive: true });
+    const training = ['p1', 'p2', 'p3', 'gone'].map((id) => ({ image: `./imagesTr/${id}.nii.gz`, label: `./labelsTr/${id}.nii.gz` }));
+    writeFileSync(join(dec, 'dataset.json'), JSON.stringify({ modality: { '0': 'MRI' }, labels: { '0': 'background', '1': 'Anterior', '2': 'Posterior' }, training }));
+    const img = Int16Array.from({ length: n }, (_, i) => (i * 37) % 500);
+    const lab = Uint8Array.from({ length: n }, (_, i) => (i % 11 === 0 ? 1 : i % 13 === 0 ? 2 : 0));
+    for (const id of ['p1', 'p2', 'p3']) writeVolume(join(dec, 'imagesTr', `${id}.nii.gz`), img, shape);
+    writeVolume(join(dec, 'labelsTr', 'p1.nii.gz'), lab, shape);
+    // p2: the label's spacing differs from its image's; p3: a label value dataset.json does not name
+    writeVolume(join(dec, 'labelsTr', 'p2.nii.gz'), lab, shape, { geo: { ...geometry, spacing: [0.75, 0.8, 3] } });
+    writeVolume(join(dec, 'labelsTr', 'p3.nii.gz'), lab.map((v) => (v === 2 ? 7 : v)), shape);
+    const out = join(root, 'decathlon-out');
+    const log: string[] = [];
+    const failure = await prepareDirectories({ root: dec, out, modality: 'MR', log: (l) => log.push(l) }).catch((e: Error) => e.message);
+    expect(failure).toMatch(/2 of 3 case\(s\) failed \(1 written\)/);
+    expect(failure).toMatch(/labelsTr\/p2\.nii\.gz: label spacing \(0\.75, 0\.8, 3\) differs from image .*imagesTr\/p2\.nii\.gz \(0\.75, 0\.8, 2\.5\)/);
+    expect(failure).toMatch(/labelsTr\/p3\.nii\.gz: label value\(s\) 7 not in dataset\.json \(labels 1, 2\)/);
+    expect(log).toContain('skipped 1 case(s) listed in ' + join(dec, 'dataset.json') + ' whose files are missing');
+    expect(log.some((l) => /p1\.npz: .*labels 1 Anterior, 2 Posterior/.test(l))).toBe(true);
+    expect(JSON.parse(readFileSync(join(out, 'labels.json'), 'utf8'))).toEqual({ '1': 'Anterior', '2': 'Posterior' });
+    expect(Array.from(readNpz(join(out, 'p1.npz')).gts.data as Uint8Array)).toEqual(Array.from(lab));
+    // a second run refuses to overwrite p1.npz; shard 1/3 of (p1, p2, p3) is p2 alone
+    await expect(prepareDirectories({ root: dec, out, modality: 'MR' })).rejects.toThrow(/1 output file\(s\) exist already .*p1\.npz.*--overwrite/);
+    await expect(prepareDirectories({ root: dec, out, modality: 'MR', shard: { index: 1, count: 3, source: 't' } })).rejects.toThrow(/1 of 1 case\(s\) failed.*\n.*p2\.nii\.gz/);
+    expect(await prepareDirectories({ root: dec, out, modality: 'MR', shard: { index: 0, count: 3, source: 't' }, overwrite: true })).toEqual([join(out, 'p1.npz')]);
   });
 
   it('pairs files by name and reports images without labels', () => {

@@ -7,6 +7,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import type { NiftiVolume } from '../data/nifti.js';
 import { parseWindow, WINDOW_HELP, WINDOW_PRESETS, type IntensityWindow } from '../data/intensity.js';
+import type { Shard } from '../shard.js';
 
 export type Modality = 'CT' | 'MR' | 'PET';
 
@@ -144,93 +145,160 @@ export function pairFiles(imageNames: string[], labelNames: string[] | undefined
 }
 
 export interface PrepareDirOptions extends PrepareOptions {
-  images: string;
+  /** a Decathlon / nnU-Net folder (dataset.json, imagesTr/, labelsTr/), or `images` (+ `labels`) */
+  root?: string;
+  images?: string;
   labels?: string;
   out: string;
+  /** replace npz files already in `out` (default: refuse) */
+  overwrite?: boolean;
+  /** this process's share of the cases (SLURM array, Kubernetes Indexed Job) */
+  shard?: Shard;
   log?: (line: string) => void;
 }
 
-/** Convert every (image, label) pair of two directories; returns the npz paths written. */
+interface CaseFiles {
+  name: string;
+  image: string;
+  label?: string;
+}
+
+/** Image and label must describe the same voxels: shape, spacing, origin and direction. */
+function checkSameGeometry(image: NiftiVolume, label: NiftiVolume): void {
+  const close = (a: readonly number[], b: readonly number[]) => a.every((v, i) => Math.abs(v - b[i]) <= 1e-4 * Math.max(1, Math.abs(v)));
+  const fields: Array<[string, readonly number[], readonly number[]]> = [
+    ['shape', image.shape, label.shape],
+    ['spacing', image.geometry.spacing, label.geometry.spacing],
+    ['origin', image.geometry.origin, label.geometry.origin],
+    ['direction', image.geometry.direction, label.geometry.direction],
+  ];
+  for (const [what, a, b] of fields) {
+    if (a.length !== b.length || !close(a, b)) {
+      throw new Error(`${label.source}: label ${what} (${b.map((v) => +v.toFixed(6)).join(', ')}) differs from image ${image.source} (${a.map((v) => +v.toFixed(6)).join(', ')})`);
+    }
+  }
+}
+
+/**
+ * Convert every case of a Decathlon folder or of two directories; returns the npz paths written.
+ * A case that fails (geometry, label values) is reported and the others go on; the call then
+ * throws listing every failure. Listed cases whose files are missing are skipped and counted.
+ */
 export async function prepareDirectories(o: PrepareDirOptions): Promise<string[]> {
   const { existsSync, mkdirSync, readdirSync, statSync, writeFileSync } = await import('node:fs');
   const { join } = await import('node:path');
   const { readNifti } = await import('../data/nifti.js');
+  const { shardCases } = await import('../shard.js');
   const log = o.log ?? (() => {});
-  const listDir = (dir: string, what: string) => {
-    if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Error(`${what} directory not found: ${dir}`);
-    return readdirSync(dir);
-  };
-  const { pairs, unpairedImages } = pairFiles(listDir(o.images, 'images'), o.labels ? listDir(o.labels, 'labels') : undefined);
-  if (pairs.length === 0) throw new Error(`no NIfTI (.nii / .nii.gz) ${o.labels ? 'label maps' : 'images'} found in ${o.labels ?? o.images}`);
-  for (const f of unpairedImages) log(`warning: ${join(o.images, f)} has no label map; skipped`);
-  mkdirSync(o.out, { recursive: true });
-  const written: string[] = [];
-  for (const p of pairs) {
-    const image = readNifti(join(o.images, p.image));
-    const label = p.label ? readNifti(join(o.labels!, p.label)) : undefined;
-    if (label) {
-      const a = image.geometry.spacing;
-      const b = label.geometry.spacing;
-      if (a.some((s, i) => Math.abs(s - b[i]) > 1e-4 * Math.max(1, s))) {
-        log(`warning: ${label.source}: spacing (${b.join(', ')}) differs from the image's (${a.join(', ')}); the image's is kept`);
-      }
-    }
-    const c = await prepareCase(image, label, o);
-    const outPath = join(o.out, `${p.name}.npz`);
-    writeFileSync(outPath, await encodePreparedCase(c));
-    written.push(outPath);
-    const crop = o.cropToLabels ? `, slices ${c.zStart}..${c.zStart + c.shape[0] - 1} of ${image.shape[0]}` : '';
-    const lab = c.gts ? `, labels ${c.labels.length ? c.labels.join(' ') : 'none'}` : '';
-    log(`${outPath}: (${c.shape.join(', ')}), spacing ${c.spacing.map((s) => +s.toFixed(4)).join(' x ')} mm${lab}${crop}`);
+  let cases: CaseFiles[];
+  let labelNames: Map<number, string> | undefined;
+  if (o.root) {
+    const { readDecathlon } = await import('../data/decathlon.js');
+    const ds = readDecathlon(o.root);
+    labelNames = ds.labelNames;
+    for (const m of ds.missing) log(`warning: ${m.id}: ${m.path} is missing; skipped`);
+    if (ds.missing.length > 0) log(`skipped ${ds.missing.length} case(s) listed in ${join(ds.root, 'dataset.json')} whose files are missing`);
+    cases = ds.cases.map((c) => ({ name: c.id, image: c.image, label: c.label }));
+  } else {
+    if (!o.images) throw new Error('prepare: name a Decathlon folder or --images (and --labels)');
+    const listDir = (dir: string, what: string) => {
+      if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Error(`${what} directory not found: ${dir}`);
+      return readdirSync(dir);
+    };
+    const { pairs, unpairedImages } = pairFiles(listDir(o.images, 'images'), o.labels ? listDir(o.labels, 'labels') : undefined);
+    if (pairs.length === 0) throw new Error(`no NIfTI (.nii / .nii.gz) ${o.labels ? 'label maps' : 'images'} found in ${o.labels ?? o.images}`);
+    for (const f of unpairedImages) log(`warning: ${join(o.images, f)} has no label map; skipped`);
+    cases = pairs.map((p) => ({ name: p.name, image: join(o.images!, p.image), label: p.label ? join(o.labels!, p.label) : undefined }));
   }
+  cases = shardCases(cases, o.shard, (c) => c.name);
+  if (o.shard) log(`shard ${o.shard.index}/${o.shard.count} (${o.shard.source}): ${cases.length} case(s)`);
+  const outPath = (c: CaseFiles) => join(o.out, `${c.name}.npz`);
+  const existing = cases.map(outPath).filter((p) => existsSync(p));
+  if (existing.length > 0 && !o.overwrite) {
+    throw new Error(`${existing.length} output file(s) exist already (${existing.slice(0, 3).join(', ')}${existing.length > 3 ? ', ...' : ''}); pass --overwrite to replace them`);
+  }
+  mkdirSync(o.out, { recursive: true });
+  if (labelNames) writeFileSync(join(o.out, 'labels.json'), `${JSON.stringify(Object.fromEntries(labelNames), null, 2)}\n`);
+  const written: string[] = [];
+  const failed: string[] = [];
+  for (const f of cases) {
+    try {
+      const image = readNifti(f.image);
+      const label = f.label ? readNifti(f.label) : undefined;
+      if (label) checkSameGeometry(image, label);
+      const c = await prepareCase(image, label, o);
+      const unknown = labelNames ? c.labels.filter((v) => !labelNames!.has(v)) : [];
+      if (unknown.length > 0) throw new Error(`${f.label}: label value(s) ${unknown.join(', ')} not in dataset.json (labels ${[...labelNames!.keys()].join(', ')})`);
+      writeFileSync(outPath(f), await encodePreparedCase(c));
+      written.push(outPath(f));
+      const crop = o.cropToLabels ? `, slices ${c.zStart}..${c.zStart + c.shape[0] - 1} of ${image.shape[0]}` : '';
+      const named = (v: number) => (labelNames?.has(v) ? `${v} ${labelNames.get(v)}` : String(v));
+      const lab = c.gts ? `, labels ${c.labels.length ? c.labels.map(named).join(', ') : 'none'}` : '';
+      log(`${outPath(f)}: (${c.shape.join(', ')}), spacing ${c.spacing.map((s) => +s.toFixed(4)).join(' x ')} mm${lab}${crop}`);
+    } catch (err) {
+      failed.push((err as Error).message);
+      log(`error: ${(err as Error).message}`);
+    }
+  }
+  if (failed.length > 0) throw new Error(`${failed.length} of ${cases.length} case(s) failed (${written.length} written):\n  ${failed.join('\n  ')}`);
   return written;
 }
 
 interface PrepareArgs {
-  images: string;
+  root?: string;
+  images?: string;
   labels?: string;
-  modality: string;
+  modality?: string;
   window?: string;
   out: string;
   'crop-to-labels': boolean;
   margin: number;
+  overwrite: boolean;
+  shard?: string;
 }
 
 export const prepareCommand: CommandModule<object, PrepareArgs> = {
-  command: 'prepare',
-  describe: 'Convert NIfTI volumes and label maps into challenge-format npz files (imgs/gts uint8, spacing)',
+  command: 'prepare [root]',
+  describe: 'Convert a Decathlon / nnU-Net folder, or NIfTI images and label maps, into challenge-format npz files (imgs/gts uint8, spacing)',
   builder: (y: Argv<object>) =>
     y
-      .option('images', { type: 'string', demandOption: true, describe: 'directory of .nii / .nii.gz images' })
+      .positional('root', { type: 'string', describe: 'a Decathlon / nnU-Net folder: dataset.json, imagesTr/, labelsTr/' })
+      .option('images', { type: 'string', describe: 'directory of .nii / .nii.gz images (instead of a Decathlon folder)' })
       .option('labels', {
         type: 'string',
         describe: 'directory of label maps, paired by name (case.nii.gz with case.nii.gz or case_0000.nii.gz); without it, images only',
       })
       .option('modality', {
         type: 'string',
-        demandOption: true,
-        describe: 'CT (window), MR or PET (0.5-99.5 percentile clipping of the positive voxels)',
+        describe: 'CT (window), MR or PET (0.5-99.5 percentile clipping of the positive voxels), in the data set\'s own words too (MRI, T1, FLAIR, ...); default: dataset.json\'s',
       })
       .option('window', {
         type: 'string',
         describe: `CT only, default soft-tissue: ${WINDOW_HELP}`,
       })
-      .option('out', { type: 'string', demandOption: true, describe: 'output directory for the npz files' })
+      .option('out', { type: 'string', demandOption: true, describe: 'output directory for the npz files (and labels.json)' })
       .option('crop-to-labels', {
         type: 'boolean',
         default: false,
         describe: 'keep only the slices from the first to the last labeled one (as the challenge data are cropped)',
       })
-      .option('margin', { type: 'number', default: 0, describe: 'with --crop-to-labels: extra slices kept on each side' }) as unknown as Argv<PrepareArgs>,
+      .option('margin', { type: 'number', default: 0, describe: 'with --crop-to-labels: extra slices kept on each side' })
+      .option('overwrite', { type: 'boolean', default: false, describe: 'replace npz files already in --out' })
+      .option('shard', { type: 'string', describe: 'INDEX/COUNT: convert only this share of the cases (default: from SLURM / Kubernetes)' }) as unknown as Argv<PrepareArgs>,
   handler: async (argv) => {
-    const modality = argv.modality.toUpperCase();
-    if (modality !== 'CT' && modality !== 'MR' && modality !== 'PET') {
-      throw new Error(`--modality must be CT, MR or PET, got "${argv.modality}"`);
-    }
+    const { modalityFamily, readDecathlon } = await import('../data/decathlon.js');
+    const { resolveShard } = await import('../shard.js');
+    if (argv.root && (argv.images || argv.labels)) throw new Error('name either a Decathlon folder or --images/--labels, not both');
+    if (!argv.root && !argv.images) throw new Error('name a Decathlon folder (with dataset.json) or --images');
+    const word = argv.modality ?? (argv.root ? readDecathlon(argv.root).modalityWord : undefined);
+    if (!word) throw new Error('--modality is needed without a dataset.json: CT, MR or PET');
+    const modality = modalityFamily(word);
     if (argv.window !== undefined && modality !== 'CT') throw new Error(`--window applies to CT only, not ${modality}`);
     const window = argv.window !== undefined ? parseWindow(String(argv.window)) : undefined;
     if (!Number.isInteger(argv.margin) || argv.margin < 0) throw new Error(`--margin must be a non-negative integer, got ${argv.margin}`);
+    process.stderr.write(`modality ${word} -> ${modality}${modality === 'CT' ? '' : ': clipped to the 0.5-99.5 percentiles of the positive voxels'}\n`);
     const written = await prepareDirectories({
+      root: argv.root,
       images: argv.images,
       labels: argv.labels,
       out: argv.out,
@@ -238,6 +306,8 @@ export const prepareCommand: CommandModule<object, PrepareArgs> = {
       window,
       cropToLabels: argv['crop-to-labels'],
       margin: argv.margin,
+      overwrite: argv.overwrite,
+      shard: resolveShard(argv.shard),
       log: (line) => process.stderr.write(`${line}\n`),
     });
     process.stdout.write(`wrote ${written.length} npz file(s) to ${argv.out}\n`);
