@@ -236,6 +236,37 @@ describe('evaluate: directories, conventions and output', () => {
     expect(report.mean).toEqual({ dsc: 1, nsd: 1 });
   });
 
+  it('sharded eval (--shard i/n per task) merges into exactly the unsharded table', async () => {
+    const d = dirs('shards');
+    const parts = [{ c: [4, 5, 6], r: [3, 3, 4], label: 1 }, { c: [5, 9, 4], r: [2, 2, 2], label: 2 }];
+    for (const [i, name] of ['e', 'a', 'd', 'b', 'c'].entries()) {
+      const g = ellipsoidLabels(shape, parts);
+      writeNpz(join(d.gt, `${name}.npz`), { gts: { data: g, shape }, spacing: { data: Float64Array.from(spacingXyz), shape: [3] } });
+      writeNpz(join(d.pred, `${name}.npz`), { segs: { data: shift3(g, shape, [0, i % 3, (i * 2) % 3]), shape } });
+    }
+    const run = async (args: string[]) => {
+      const out: string[] = [];
+      const spy = vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => (out.push(String(chunk)), true));
+      const err = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
+      try {
+        await yargs().command(evalCommand).strict().fail((msg, e) => { throw e ?? new Error(msg); }).parseAsync(['eval', ...args]);
+      } finally {
+        spy.mockRestore();
+        err.mockRestore();
+      }
+      return out.join('');
+    };
+    const whole = await run(['--pred', d.pred, '--gt', d.gt]);
+    const shardDir = join(root, 'shards', 'out');
+    for (const i of [2, 0, 1]) await run(['--pred', d.pred, '--gt', d.gt, '--shard', `${i}/3`, '--shard-out', shardDir]);
+    expect(readdirSync(shardDir).sort()).toEqual(['eval-shard-0-of-3.json', 'eval-shard-1-of-3.json', 'eval-shard-2-of-3.json']);
+    expect(await run(['--merge', shardDir])).toBe(whole);
+    expect(whole).toMatch(/mean over 5 case\(s\)/);
+    // a lost shard is named, not silently averaged without
+    rmSync(join(shardDir, 'eval-shard-1-of-3.json'));
+    await expect(run(['--merge', shardDir])).rejects.toThrow(/missing shard\(s\) 1\/3/);
+  });
+
   it('the eval command prints JSON and writes CSV', async () => {
     const d = dirs('cli');
     writeNpz(join(d.gt, 'a.npz'), { gts: { data: gt, shape }, spacing: { data: Float64Array.from(spacingXyz), shape: [3] } });

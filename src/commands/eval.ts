@@ -2,10 +2,13 @@
 import type { Argv, CommandModule } from 'yargs';
 
 interface EvalArgs {
-  pred: string;
+  pred?: string;
+  gt?: string;
+  shard?: string;
+  'shard-out'?: string;
+  merge?: string[];
   onnx?: string;
   threads?: number;
-  gt: string;
   'tolerance-mm': number;
   json: boolean;
   csv?: string;
@@ -21,7 +24,6 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
     y
       .option('pred', {
         type: 'string',
-        demandOption: true,
         describe: 'directory of prediction npz files holding `segs` (with --onnx: where the predictions are written)',
       })
       .option('onnx', {
@@ -31,7 +33,6 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
       .option('threads', { type: 'number', describe: 'with --onnx: onnxruntime intra-op threads' })
       .option('gt', {
         type: 'string',
-        demandOption: true,
         describe: 'directory of ground-truth npz files of the same names holding `gts` and `spacing`',
       })
       .option('tolerance-mm', { type: 'number', default: 2, describe: 'NSD tolerance in mm' })
@@ -53,19 +54,44 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
         default: 'slab' as const,
         describe: '2D cases: slab = as the challenge scripts, an (H,W,1) volume with 1 mm spacing; contour = 2D contour NSD',
       })
+      .option('shard', { type: 'string', describe: 'INDEX/COUNT: score only this share of the --gt files (default: from SLURM_ARRAY_TASK_ID / JOB_COMPLETION_INDEX)' })
+      .option('shard-out', { type: 'string', describe: 'with a shard: where its result file goes (default: <pred>/eval-shards)' })
+      .option('merge', {
+        type: 'string',
+        array: true,
+        describe: 'combine the results of a sharded eval (the --shard-out folders) into the whole table',
+      })
       .option('labels', {
         choices: ['gt', 'union'] as const,
         default: 'gt' as const,
         describe: 'labels scored: those in the ground truth (challenge), or also those only in the prediction (scored 0)',
       }) as unknown as Argv<EvalArgs>,
   handler: async (argv) => {
-    const { evaluateDirs, evaluateWithPredictor, reportCsv, reportJson, reportTable } = await import('../eval/evaluate.js');
-    const { writeFileSync } = await import('node:fs');
+    const { evaluateDirs, evaluateWithPredictor, mergeShardReports, reportCsv, reportJson, reportTable, shardReport, shardReportName } = await import('../eval/evaluate.js');
+    const { resolveShard } = await import('../shard.js');
+    const { mkdirSync, writeFileSync } = await import('node:fs');
+    const { join } = await import('node:path');
+    const print = (report: ReturnType<typeof mergeShardReports>) => {
+      for (const w of report.warnings) process.stderr.write(`warning: ${w}\n`);
+      if (argv.csv) writeFileSync(argv.csv, reportCsv(report));
+      process.stdout.write(`${argv.json ? reportJson(report) : reportTable(report)}\n`);
+    };
+    if (argv.merge) {
+      if (argv.pred || argv.gt || argv.onnx) throw new Error('--merge combines finished shards: give it no --pred, --gt or --onnx');
+      print(mergeShardReports(argv.merge));
+      return;
+    }
+    if (!argv.pred || !argv.gt) throw new Error('eval needs --pred and --gt (or --merge with shard folders)');
+    const predDir = argv.pred;
+    const gtDir = argv.gt;
+    const shard = resolveShard(argv.shard);
+    if (shard) process.stderr.write(`shard ${shard.index}/${shard.count} (${shard.source})\n`);
     const options = {
       toleranceMm: argv['tolerance-mm'],
       spacingOrder: argv['spacing-order'],
       nsd2d: argv['nsd-2d'],
       labels: argv.labels,
+      shard,
     };
     const onCase = argv.json
       ? undefined
@@ -75,18 +101,17 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
         };
     let report;
     if (argv.onnx) {
-      const { mkdirSync } = await import('node:fs');
-      const { basename, join } = await import('node:path');
+      const { basename } = await import('node:path');
       const { OnnxModel } = await import('../onnx/runtime.js');
       const { predictCase } = await import('../onnx/predict.js');
       const { encodeNpz } = await import('../io/npz.js');
       const model = OnnxModel.open(argv.onnx, { threads: argv.threads });
-      mkdirSync(argv.pred, { recursive: true });
+      mkdirSync(predDir, { recursive: true });
       report = await evaluateWithPredictor(
-        argv.gt,
+        gtDir,
         async (gtFile, arrays) => {
           const seg = await predictCase(model, arrays, gtFile);
-          writeFileSync(join(argv.pred, basename(gtFile)), encodeNpz({ segs: seg }));
+          writeFileSync(join(predDir, basename(gtFile)), encodeNpz({ segs: seg }));
           return seg;
         },
         options,
@@ -94,10 +119,14 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
       );
       await model.release();
     } else {
-      report = evaluateDirs(argv.pred, argv.gt, options, onCase);
+      report = evaluateDirs(predDir, gtDir, options, onCase);
     }
-    for (const w of report.warnings) process.stderr.write(`warning: ${w}\n`);
-    if (argv.csv) writeFileSync(argv.csv, reportCsv(report));
-    process.stdout.write(`${argv.json ? reportJson(report) : reportTable(report)}\n`);
+    if (shard) {
+      const dir = argv['shard-out'] ?? join(predDir, 'eval-shards');
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(join(dir, shardReportName(shard)), JSON.stringify(shardReport(report, shard)));
+      process.stderr.write(`shard result: ${join(dir, shardReportName(shard))} (combine with medtune eval --merge ${dir})\n`);
+    }
+    print(report);
   },
 };

@@ -24,9 +24,10 @@
  *   The challenge scripts additionally set NSD to 0 when a case's DSC is at most 0.2; not done here.
  * - `mean`: the mean over cases of each case's mean over its labels (how the challenges average).
  */
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { readNpz, type NpyArray } from '../io/npz.js';
+import { shardCases, type Shard } from '../shard.js';
 import { scoreBinary } from './metrics.js';
 
 export type SpacingOrder = 'xyz' | 'zyx';
@@ -39,6 +40,8 @@ export interface EvalOptions {
   spacingOrder?: SpacingOrder;
   nsd2d?: Nsd2dMode;
   labels?: LabelSet;
+  /** score only this share of the ground-truth files (SLURM array, Kubernetes Indexed Job) */
+  shard?: Shard;
 }
 
 /** A label map, flat row-major, with its shape. */
@@ -91,7 +94,7 @@ function binaryMask(data: ArrayLike<number>, label: number): Uint8Array {
 }
 
 /** The shape and spacing (array-axis order) the surface metric runs on for this case. */
-function metricGeometry(c: EvalCase, opts: Required<EvalOptions>): { shape: number[]; spacing: number[] } {
+function metricGeometry(c: EvalCase, opts: ScoringOptions): { shape: number[]; spacing: number[] } {
   const shape = c.gt.shape;
   if (shape.length === 2) {
     if (opts.nsd2d === 'slab') return { shape: [shape[0], shape[1], 1], spacing: [1, 1, 1] };
@@ -111,7 +114,10 @@ function metricGeometry(c: EvalCase, opts: Required<EvalOptions>): { shape: numb
   throw new Error(`${c.name}: expected a 2D (H, W) or 3D (D, H, W) label map, got shape (${shape.join(', ')})`);
 }
 
-function withDefaults(opts: EvalOptions): Required<EvalOptions> {
+/** The options that change a score, filled in. */
+type ScoringOptions = Required<Omit<EvalOptions, 'shard'>>;
+
+function withDefaults(opts: EvalOptions): ScoringOptions {
   const o = {
     toleranceMm: opts.toleranceMm ?? 2,
     spacingOrder: opts.spacingOrder ?? 'xyz',
@@ -263,9 +269,10 @@ export function evaluateDirs(
   onCase?: (name: string, rows: CaseLabelResult[]) => void,
 ): EvalReport {
   const opts = withDefaults(options);
-  const gtFiles = npzFiles(gtDir, 'ground-truth');
+  const allGtFiles = npzFiles(gtDir, 'ground-truth');
+  const gtFiles = shardCases(allGtFiles, options.shard, (f) => f);
   const predFiles = new Set(npzFiles(predDir, 'prediction'));
-  if (gtFiles.length === 0) throw new Error(`no .npz files in the ground-truth directory ${gtDir}`);
+  if (allGtFiles.length === 0) throw new Error(`no .npz files in the ground-truth directory ${gtDir}`);
   const missing = gtFiles.filter((f) => !predFiles.has(f));
   if (missing.length) {
     const list = missing.slice(0, 5).map((f) => join(predDir, f)).join(', ');
@@ -291,7 +298,7 @@ export function evaluateDirs(
     warnings.push(...r.warnings);
     onCase?.(f, r.rows);
   }
-  const extra = [...predFiles].filter((f) => !gtFiles.includes(f));
+  const extra = [...predFiles].filter((f) => !allGtFiles.includes(f));
   if (extra.length) warnings.push(`${extra.length} prediction file(s) without ground truth ignored: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ', ...' : ''}`);
   return summarize(rows, opts.toleranceMm, warnings);
 }
@@ -310,8 +317,9 @@ export async function evaluateWithPredictor(
   onCase?: (name: string, rows: CaseLabelResult[]) => void,
 ): Promise<EvalReport> {
   const opts = withDefaults(options);
-  const gtFiles = npzFiles(gtDir, 'ground-truth');
-  if (gtFiles.length === 0) throw new Error(`no .npz files in ${gtDir}`);
+  const allGtFiles = npzFiles(gtDir, 'ground-truth');
+  if (allGtFiles.length === 0) throw new Error(`no .npz files in ${gtDir}`);
+  const gtFiles = shardCases(allGtFiles, options.shard, (f) => f);
   const rows: CaseLabelResult[] = [];
   const warnings: string[] = [];
   for (const f of gtFiles) {
@@ -327,6 +335,58 @@ export async function evaluateWithPredictor(
     onCase?.(f, r.rows);
   }
   return summarize(rows, opts.toleranceMm, warnings);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shards
+
+/** What one shard of a sharded `eval` writes, for `eval --merge`. */
+export interface ShardReport {
+  format: 'medtune-eval-shard';
+  shard: { index: number; count: number };
+  toleranceMm: number;
+  cases: CaseLabelResult[];
+  warnings: string[];
+}
+
+export function shardReport(report: EvalReport, shard: Shard): ShardReport {
+  return { format: 'medtune-eval-shard', shard: { index: shard.index, count: shard.count }, toleranceMm: report.toleranceMm, cases: report.cases, warnings: report.warnings };
+}
+
+export function shardReportName(shard: Shard): string {
+  return `eval-shard-${shard.index}-of-${shard.count}.json`;
+}
+
+/**
+ * The report of the whole run from its shards' files (found in `dirs`): every shard of one count
+ * once, one tolerance. Rows come back in case-name order, as an unsharded run lists them.
+ */
+export function mergeShardReports(dirs: string[]): EvalReport {
+  const found: Array<{ file: string; r: ShardReport }> = [];
+  for (const dir of dirs) {
+    if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Error(`shard directory not found: ${dir}`);
+    for (const f of readdirSync(dir).filter((n) => /^eval-shard-\d+-of-\d+\.json$/.test(n)).sort()) {
+      const file = join(dir, f);
+      const r = JSON.parse(readFileSync(file, 'utf8')) as ShardReport;
+      if (r.format !== 'medtune-eval-shard') throw new Error(`${file}: not a medtune eval shard`);
+      found.push({ file, r });
+    }
+  }
+  if (found.length === 0) throw new Error(`no eval-shard-*-of-*.json in ${dirs.join(', ')}`);
+  const { count } = found[0].r.shard;
+  const tol = found[0].r.toleranceMm;
+  const bad = found.find(({ r }) => r.shard.count !== count || r.toleranceMm !== tol);
+  if (bad) throw new Error(`${bad.file}: shard of ${bad.r.shard.count} at ${bad.r.toleranceMm} mm, but ${found[0].file} is one of ${count} at ${tol} mm`);
+  const seen = new Map<number, string>();
+  for (const { file, r } of found) {
+    if (seen.has(r.shard.index)) throw new Error(`shard ${r.shard.index}/${count} twice: ${seen.get(r.shard.index)} and ${file}`);
+    seen.set(r.shard.index, file);
+  }
+  const missing = Array.from({ length: count }, (_, i) => i).filter((i) => !seen.has(i));
+  if (missing.length > 0) throw new Error(`missing shard(s) ${missing.map((i) => `${i}/${count}`).join(', ')} in ${dirs.join(', ')}`);
+  // a stable sort keeps each case's labels in their order
+  const rows = found.flatMap(({ r }) => r.cases).sort((a, b) => (a.case < b.case ? -1 : a.case > b.case ? 1 : 0));
+  return summarize(rows, tol, found.flatMap(({ r }) => r.warnings));
 }
 
 // ---------------------------------------------------------------------------------------------
