@@ -7,6 +7,8 @@
  * - 3D: a volume (.npz `imgs` (D,H,W) or NIfTI) and one `--box [label:]x0,y0,z0,x1,y1,z1` per label
  *   (or `--boxes-from-gts` with an npz holding `gts`) -> a label map (.npz `segs`, NIfTI with the
  *   input's geometry).
+ * - Clicks: `--points [label:]x,y,l;...` join the box of their label (3D: on its middle slice) or
+ *   prompt a 2D image alone.
  * Pixels: uint8 images are scaled by 1/255; other types by --window center,width or else by
  * their 0.5-99.5 percentiles.
  */
@@ -15,13 +17,14 @@ import { dirname, extname } from 'node:path';
 import type { CommandModule } from 'yargs';
 import type { NiftiVolume } from '../data/nifti.js';
 import { encodeNpz, parseNpy, readNpz, type NpyArray } from '../io/npz.js';
-import type { Box2D, Box3D, Pixels01, VolumeTarget } from '../onnx/predict.js';
+import type { Box2D, Box3D, Click, Pixels01, VolumeTarget } from '../onnx/predict.js';
 
 interface PredictArgs {
   onnx: string;
   input: string;
   out: string;
   box?: string[];
+  points?: string[];
   'boxes-from-gts'?: boolean;
   slice?: number;
   multimask?: boolean;
@@ -122,6 +125,16 @@ export function parseBox(spec: string, defaultLabel: number): { label: number; b
   return { label, box: values };
 }
 
+/** `[label:]x,y,l;x,y,l;...` (l: 1 positive, 0 negative) */
+export function parsePoints(spec: string, defaultLabel: number): { label: number; points: Click[] } {
+  const m = /^(?:(\d+):)?([^:]+)$/.exec(spec.trim());
+  const points = m ? m[2].split(';').filter((p) => p.trim()).map((p) => p.split(',').map((v) => Number(v.trim()))) : [];
+  if (!m || points.length === 0 || points.some((p) => p.length !== 3 || p.some((v) => !Number.isFinite(v)) || (p[2] !== 0 && p[2] !== 1))) {
+    throw new Error(`--points '${spec}': expected [label:]x,y,l;x,y,l;... with l = 1 (positive) or 0 (negative)`);
+  }
+  return { label: m[1] !== undefined ? Number(m[1]) : defaultLabel, points: points as Click[] };
+}
+
 export async function runPredict(args: PredictArgs, log: (line: string) => void = (l) => process.stdout.write(`${l}\n`)): Promise<void> {
   const { OnnxModel } = await import('../onnx/runtime.js');
   const { segmentImage, segmentVolume, boxesFromLabels, checkBox, npyNumbers } = await import('../onnx/predict.js');
@@ -135,8 +148,16 @@ export async function runPredict(args: PredictArgs, log: (line: string) => void 
     if (found.length === 0) throw new Error(`--boxes-from-gts: ${args.input}: gts is empty (no label to prompt)`);
     specs.push(...found);
   }
+  // clicks join the box of their label; clicks without a box are a 2D prompt of their own
+  const clickLabel = specs.length === 1 ? specs[0].label : args.label;
+  const clicks = (args.points ?? []).map((p) => parsePoints(p, clickLabel));
+  const promptPoints = new Map<number, Click[]>();
+  for (const c of clicks) {
+    promptPoints.set(c.label, [...(promptPoints.get(c.label) ?? []), ...c.points]);
+    if (!specs.some((s) => s.label === c.label)) specs.push({ label: c.label, box: [] });
+  }
   if (specs.length === 0) throw new Error('give a prompt: --box x0,y0,x1,y1 (2D) or --box [label:]x0,y0,z0,x1,y1,z1 (3D), or --boxes-from-gts');
-  const dims = new Set(specs.map((s) => s.box.length));
+  const dims = new Set(specs.filter((s) => s.box.length).map((s) => s.box.length));
   if (dims.size > 1) throw new Error('--box: mix of 2D and 3D boxes');
   const is3d = dims.has(6);
 
@@ -146,12 +167,12 @@ export async function runPredict(args: PredictArgs, log: (line: string) => void 
       if (args.slice === undefined) throw new Error(`${args.input} is a volume of ${image.depth} slices: pass --slice for a 2D box, or a 3D box x0,y0,z0,x1,y1,z1`);
       image = sliceOf(input, args.slice);
     }
-    for (const s of specs) checkBox(s.box, image, `label ${s.label} box`);
+    for (const s of specs) if (s.box.length) checkBox(s.box, image, `label ${s.label} box`);
     const model = OnnxModel.open(args.onnx, { threads: args.threads, needed: ['imageEncoder', 'maskDecoder'] });
     const out = new (Math.max(...specs.map((s) => s.label)) > 255 ? Uint16Array : Uint8Array)(image.height * image.width);
     for (const s of specs) {
       const t0 = performance.now();
-      const r = await segmentImage(model, image, s.box as Box2D, { multimask: args.multimask });
+      const r = await segmentImage(model, image, s.box.length ? (s.box as Box2D) : undefined, { multimask: args.multimask, points: promptPoints.get(s.label) });
       for (let i = 0; i < out.length; i++) if (r.mask[i]) out[i] = s.label;
       log(`label ${s.label}: ${r.mask.reduce((a, b) => a + b, 0)} pixels, IoU estimate ${r.iou.toFixed(3)}, ${(performance.now() - t0).toFixed(0)} ms`);
     }
@@ -159,7 +180,9 @@ export async function runPredict(args: PredictArgs, log: (line: string) => void 
     await writeOutput(args.out, out, [image.height, image.width], input, true);
   } else {
     if (input.pixels.depth < 1) throw new Error(`${args.input}: empty volume`);
-    const targets: VolumeTarget[] = specs.map((s) => ({ label: s.label, box: s.box as Box3D }));
+    const boxless = specs.find((s) => !s.box.length);
+    if (boxless) throw new Error(`--points for label ${boxless.label}: a 3D prompt needs a box x0,y0,z0,x1,y1,z1 (the clicks go on its middle slice)`);
+    const targets: VolumeTarget[] = specs.map((s) => ({ label: s.label, box: s.box as Box3D, points: promptPoints.get(s.label) }));
     for (const t of targets) checkBox(t.box, input.pixels, `label ${t.label} box`);
     const model = OnnxModel.open(args.onnx, { threads: args.threads });
     const t0 = performance.now();
@@ -216,6 +239,7 @@ export const predictCommand: CommandModule<object, PredictArgs> = {
       .option('input', { type: 'string', demandOption: true, describe: 'image (.png, .npy, .npz) or volume (.npz imgs (D,H,W), .nii, .nii.gz)' })
       .option('out', { type: 'string', demandOption: true, describe: 'mask / label map: .npz (segs), .npy, .png (2D), .nii/.nii.gz' })
       .option('box', { type: 'string', array: true, describe: '2D: x0,y0,x1,y1; 3D: [label:]x0,y0,z0,x1,y1,z1 (repeat per label)' })
+      .option('points', { type: 'string', array: true, describe: "clicks [label:]x,y,l;x,y,l (l 1 positive, 0 negative), with or without a box; 3D: on the box's middle slice" })
       .option('boxes-from-gts', { type: 'boolean', describe: 'prompt every label of the npz `gts` by its bounding box (the challenge protocol)' })
       .option('slice', { type: 'number', describe: '2D box on one slice of a volume' })
       .option('label', { type: 'number', default: 1, describe: 'label value of a single unlabelled box' })
