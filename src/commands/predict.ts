@@ -83,6 +83,19 @@ export async function loadInput(path: string, window?: [number, number]): Promis
     }
     return { pixels: { data: out, depth: 1, height, width, channels: color ? 3 : 1 }, shape: [height, width] };
   }
+  if (ext === '.jpg' || ext === '.jpeg') {
+    const { decode } = await import('jpeg-js');
+    let jpeg: { width: number; height: number; data: Uint8Array };
+    try {
+      jpeg = decode(readFileSync(path), { useTArray: true, formatAsRGBA: true });
+    } catch (err) {
+      throw new Error(`${path}: not a readable JPEG (${(err as Error).message})`);
+    }
+    const { width, height } = jpeg;
+    const out = new Float32Array(width * height * 3);
+    for (let i = 0; i < width * height; i++) for (let k = 0; k < 3; k++) out[3 * i + k] = jpeg.data[4 * i + k] / 255;
+    return { pixels: { data: out, depth: 1, height, width, channels: 3 }, shape: [height, width] };
+  }
   if (ext === '.npy') return fromArray(parseNpy(readFileSync(path), path), path, window);
   if (ext === '.npz') {
     const arrays = readNpz(path);
@@ -102,7 +115,7 @@ export async function loadInput(path: string, window?: [number, number]): Promis
     const data = to01(raw, raw instanceof Uint8Array ? 'uint8' : 'other', window, path);
     return { pixels: { data, depth, height, width, channels: 1 }, shape: [depth, height, width], nifti, spacing: [...nifti.geometry.spacing] };
   }
-  throw new Error(`${path}: unsupported input type '${ext}' (use .png, .npy, .npz, .nii or .nii.gz)`);
+  throw new Error(`${path}: unsupported input type '${ext}' (use .png, .jpg, .npy, .npz, .nii or .nii.gz)`);
 }
 
 /** One slice of a volume as a 2D image. */
@@ -196,7 +209,7 @@ export async function runPredict(args: PredictArgs, log: (line: string) => void 
   log(`written ${args.out}`);
 }
 
-async function writeOutput(path: string, data: Uint8Array | Uint16Array, shape: number[], input: LoadedInput, is2d: boolean): Promise<void> {
+export async function writeOutput(path: string, data: Uint8Array | Uint16Array, shape: number[], input: LoadedInput, is2d: boolean): Promise<void> {
   mkdirSync(dirname(path) || '.', { recursive: true });
   const ext = lower(extname(path));
   if (ext === '.png') {
@@ -236,7 +249,7 @@ export const predictCommand: CommandModule<object, PredictArgs> = {
   builder: (y) =>
     y
       .option('onnx', { type: 'string', demandOption: true, alias: 'export', describe: 'folder written by `medtune export`' })
-      .option('input', { type: 'string', demandOption: true, describe: 'image (.png, .npy, .npz) or volume (.npz imgs (D,H,W), .nii, .nii.gz)' })
+      .option('input', { type: 'string', demandOption: true, describe: 'image (.png, .jpg, .npy, .npz) or volume (.npz imgs (D,H,W), .nii, .nii.gz)' })
       .option('out', { type: 'string', demandOption: true, describe: 'mask / label map: .npz (segs), .npy, .png (2D), .nii/.nii.gz' })
       .option('box', { type: 'string', array: true, describe: '2D: x0,y0,x1,y1; 3D: [label:]x0,y0,z0,x1,y1,z1 (repeat per label)' })
       .option('points', { type: 'string', array: true, describe: "clicks [label:]x,y,l;x,y,l (l 1 positive, 0 negative), with or without a box; 3D: on the box's middle slice" })
