@@ -9,7 +9,7 @@
  * - a bad file or request becomes a message for the page; the server keeps running.
  */
 import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
-import { readdirSync, writeFileSync } from 'node:fs';
+import { readdirSync, realpathSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { basename, join, relative } from 'node:path';
@@ -40,23 +40,25 @@ const INPUT_FILE = /\.(nii|nii\.gz|npz|npy|png|jpe?g)$/i;
 
 /** Files the segment page can open under the data folder (symlinks that lead out are left out). */
 function listDataFiles(root: string): string[] {
+  const rootReal = realpathSync(root);
   const found: string[] = [];
   const visit = (dir: string, depth: number) => {
     for (const e of readdirSync(dir, { withFileTypes: true })) {
       if (e.name.startsWith('.') || found.length >= 5000) continue;
-      const rel = relative(root, join(dir, e.name));
-      let real: string;
-      try {
-        real = resolveInside(root, rel);
-      } catch {
-        continue;
+      const rel = relative(rootReal, join(dir, e.name));
+      if (e.isDirectory()) {
+        if (depth < 4) visit(join(dir, e.name), depth + 1);
+      } else if (INPUT_FILE.test(e.name)) {
+        try {
+          resolveInside(rootReal, rel);
+          found.push(rel);
+        } catch {
+          // a link out of the folder, or a dangling one: not offered
+        }
       }
-      if (e.isDirectory() || (e.isSymbolicLink() && !INPUT_FILE.test(e.name))) {
-        if (depth < 4 && e.isDirectory()) visit(real, depth + 1);
-      } else if (INPUT_FILE.test(e.name)) found.push(rel);
     }
   };
-  visit(root, 0);
+  visit(rootReal, 0);
   return found.sort();
 }
 
