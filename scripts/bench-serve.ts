@@ -77,7 +77,7 @@ try {
   };
   const first = await timed({ axis: 'axial', index: k, label: 1, box });
   console.log(`${n}x${n} slice, model ${model.geometry.S}: first box -> mask ${first.total.toFixed(0)} ms, CPU ${first.cpu.toFixed(0)} ms (server ${first.server.toFixed(0)} ms, embedding computed, sessions created)`);
-  const second = await timed({ axis: 'axial', index: k + (D > 1 ? 1 : 0), label: 1, box });
+  const second = await timed({ axis: 'axial', index: (k + 1) % D, label: 1, box });
   console.log(`  box on a new slice (sessions warm): ${second.total.toFixed(0)} ms, CPU ${second.cpu.toFixed(0)} ms (server ${second.server.toFixed(0)} ms, embedding ${second.cached ? 'cached' : 'computed'})`);
   const repeats: number[] = [];
   const repeatCpu: number[] = [];

@@ -33,7 +33,7 @@ export async function runServe(args: ServeArgs, log: (line: string) => void = (l
     model = OnnxModel.open(args.onnx, { threads: args.threads });
   }
   if (!(args['max-upload-mb'] > 0)) throw new Error(`--max-upload-mb ${args['max-upload-mb']}: must be positive`);
-  const running = await startServer({ model, data, runs, host: args.host, port: args.port, maxUploadBytes: Math.floor(args['max-upload-mb'] * 2 ** 20) });
+  const running = await startServer({ model, threads: args.threads, data, runs, host: args.host, port: args.port, maxUploadBytes: Math.floor(args['max-upload-mb'] * 2 ** 20) });
   log(`medtune serve: ${running.url}${model ? '' : ' (no --onnx: the segment page can view but not segment)'}`);
   return running;
 }

@@ -18,10 +18,14 @@ import type { Click, OnnxModel } from '../onnx/runtime.js';
 import { pageHtml, pageScript, STYLE } from './bundle.js';
 import { HttpError, readBody, readJson, resolveInside, sendBytes, sendJson } from './http.js';
 import { listRuns, readRun, runOverlays } from './runs.js';
-import { AXES, CancelledError, VolumeStore, type Axis, type PropagationJob } from './volumes.js';
+import { CancelledError, InferenceWorker } from './inference.js';
+import { AXES, type Axis } from './views.js';
+import { VolumeStore, type PropagationJob } from './volumes.js';
 
 export interface ServeOptions {
+  /** the export (its manifest is read here; its sessions run in the inference worker) */
   model?: OnnxModel;
+  threads?: number;
   data?: string;
   runs?: string;
   host: string;
@@ -71,9 +75,9 @@ function sameToken(given: string | undefined, token: string): boolean {
   return timingSafeEqual(Buffer.from(given), Buffer.from(token));
 }
 
-function needModel(opts: ServeOptions): OnnxModel {
-  if (!opts.model) throw new HttpError(409, 'no model: start `medtune serve` with --onnx EXPORT_DIR to segment');
-  return opts.model;
+function needModel(worker: InferenceWorker | undefined): InferenceWorker {
+  if (!worker) throw new HttpError(409, 'no model: start `medtune serve` with --onnx EXPORT_DIR to segment');
+  return worker;
 }
 
 function axisOf(v: unknown): Axis {
@@ -102,6 +106,8 @@ function promptOf(b: Partial<PromptBody>): PromptBody {
 export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const token = randomBytes(24).toString('hex');
   const store = new VolumeStore();
+  // onnxruntime-node runs synchronously: inference gets its own thread so this one keeps answering
+  const worker = opts.model ? new InferenceWorker(opts.model.dir, opts.threads) : undefined;
   const loopback = isLoopback(opts.host);
 
   async function api(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
@@ -156,19 +162,19 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
       }
       if (method === 'POST' && what === 'segment') {
         const p = promptOf(await readJson(req));
-        return sendJson(res, 200, await vol.segmentSlice(needModel(opts), p));
+        return sendJson(res, 200, await vol.segmentSlice(needModel(worker), p));
       }
       if (method === 'POST' && what === 'undo') return sendJson(res, 200, { undone: vol.undo() });
       if (method === 'POST' && what === 'propagate') {
-        const model = needModel(opts);
+        const inference = needModel(worker);
         const p = promptOf(await readJson(req));
         if (!p.box) throw new HttpError(400, 'propagation starts from a box: draw one on this slice first');
         vol.checkSlice(p.axis, p.index);
-        const job: PropagationJob = { id: randomUUID(), state: 'running', done: 0, total: 0, cancelled: false };
+        const job: PropagationJob = { id: randomUUID(), state: 'running', done: 0, total: 0 };
         store.jobs.set(job.id, job);
         const t0 = performance.now();
         vol
-          .propagate(model, { ...p, box: p.box }, job)
+          .propagate(inference, { ...p, box: p.box }, job)
           .then((voxels) => Object.assign(job, { state: 'done', voxels, ms: performance.now() - t0 }))
           .catch((err) => Object.assign(job, err instanceof CancelledError ? { state: 'cancelled' } : { state: 'error', message: (err as Error).message }));
         return sendJson(res, 200, { job: job.id });
@@ -176,8 +182,8 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     }
     if ((m = /^\/api\/jobs\/([\w-]+)(\/cancel)?$/.exec(path))) {
       const job = store.job(m[1]);
-      if (m[2] && method === 'POST') job.cancelled = true;
-      const { cancelled: _, ...visible } = job;
+      if (m[2] && method === 'POST') job.cancel?.();
+      const { cancel: _, ...visible } = job;
       return sendJson(res, 200, visible);
     }
     if (path.startsWith('/api/run')) {
@@ -240,6 +246,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     token,
     close: async () => {
       store.close();
+      await worker?.terminate();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
       await closed;

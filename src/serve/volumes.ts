@@ -1,7 +1,7 @@
 /**
- * The volumes open in `medtune serve`: pixels read as `medtune predict` reads them (so the page's
- * masks equal the CLI's), display values, a label map with undo, views along the three axes,
- * image embeddings cached per (view, slice), and cancellable propagation jobs.
+ * The volumes open in `medtune serve`: read as `medtune predict` reads them (so the page's masks
+ * equal the CLI's), their display values, a label map with undo, slices along the three views,
+ * and cancellable propagation jobs. Inference runs in the worker (inference.ts).
  */
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -11,26 +11,11 @@ import { loadInput, writeOutput, type LoadedInput } from '../commands/predict.js
 import { percentiles } from '../data/intensity.js';
 import { parseNpy, readNpz } from '../io/npz.js';
 import { scaledData } from '../data/nifti.js';
-import { binarize, checkBox, checkPoints, npyNumbers, segmentVolume, sliceToModelInput, type Box2D, type Pixels01 } from '../onnx/predict.js';
-import { decodePrompt, embedImage, type Click, type ImageEmbedding, type OnnxModel } from '../onnx/runtime.js';
+import { checkBox, checkPoints, npyNumbers, type Box2D } from '../onnx/predict.js';
+import type { Click } from '../onnx/runtime.js';
 import { HttpError } from './http.js';
-
-export type Axis = 'axial' | 'coronal' | 'sagittal';
-export const AXES: Axis[] = ['axial', 'coronal', 'sagittal'];
-
-/** rows and columns of a view's slice, and how many slices it has, for a (D, H, W) volume */
-function viewDims(axis: Axis, D: number, H: number, W: number): { count: number; rows: number; cols: number } {
-  if (axis === 'axial') return { count: D, rows: H, cols: W };
-  if (axis === 'coronal') return { count: H, rows: D, cols: W };
-  return { count: W, rows: D, cols: H };
-}
-
-/** Voxel index (z, y, x) of pixel (r, c) on slice k of a view: axial (H, W), coronal (D, W), sagittal (D, H). */
-function voxelIndex(axis: Axis, k: number, r: number, c: number, H: number, W: number): number {
-  if (axis === 'axial') return (k * H + r) * W + c;
-  if (axis === 'coronal') return (r * H + k) * W + c;
-  return (r * H + c) * W + k;
-}
+import type { InferenceWorker } from './inference.js';
+import { AXES, viewDims, voxelIndex, type Axis } from './views.js';
 
 interface UndoEntry {
   /** voxel indices changed and their previous labels (a whole-volume change keeps a full copy) */
@@ -39,8 +24,6 @@ interface UndoEntry {
 }
 
 const MAX_UNDO = 50;
-/** image embeddings kept per volume (a 1024 model's embedding is about 16 MB) */
-const MAX_EMBEDDINGS = 12;
 
 export class OpenVolume {
   readonly id = randomUUID();
@@ -50,8 +33,6 @@ export class OpenVolume {
   readonly width: number;
   readonly channels: 1 | 3;
   private readonly undoStack: UndoEntry[] = [];
-  private readonly embeddings = new Map<string, Promise<ImageEmbedding>>();
-  private readonly views = new Map<Axis, Pixels01>();
 
   constructor(
     readonly name: string,
@@ -108,47 +89,6 @@ export class OpenVolume {
     return out;
   }
 
-  /** The model pixels seen along a view: (count, rows, cols[, 3]); the axial view is the volume itself. */
-  view(axis: Axis): Pixels01 {
-    if (axis === 'axial') return this.input.pixels;
-    let v = this.views.get(axis);
-    if (!v) {
-      const { count, rows, cols } = viewDims(axis, this.depth, this.height, this.width);
-      const C = this.channels;
-      const src = this.input.pixels.data;
-      const data = new Float32Array(src.length);
-      for (let k = 0; k < count; k++) {
-        for (let r = 0; r < rows; r++) {
-          for (let c = 0; c < cols; c++) {
-            const from = voxelIndex(axis, k, r, c, this.height, this.width) * C;
-            const to = ((k * rows + r) * cols + c) * C;
-            for (let ch = 0; ch < C; ch++) data[to + ch] = src[from + ch];
-          }
-        }
-      }
-      v = { data, depth: count, height: rows, width: cols, channels: C };
-      this.views.set(axis, v);
-    }
-    return v;
-  }
-
-  /** The image embedding of a view slice, computed once while it stays among the most recent. */
-  embedding(model: OnnxModel, axis: Axis, k: number): { embedding: Promise<ImageEmbedding>; cached: boolean } {
-    const key = `${axis}:${k}`;
-    let e = this.embeddings.get(key);
-    const cached = e !== undefined;
-    if (e) this.embeddings.delete(key);
-    else {
-      const v = this.view(axis);
-      const n = v.height * v.width * v.channels;
-      e = embedImage(model, sliceToModelInput(v.data.subarray(k * n, (k + 1) * n), v.height, v.width, v.channels, model.geometry.S));
-      e.catch(() => this.embeddings.delete(key));
-    }
-    this.embeddings.set(key, e); // most recent last
-    if (this.embeddings.size > MAX_EMBEDDINGS) this.embeddings.delete(this.embeddings.keys().next().value!);
-    return { embedding: e, cached };
-  }
-
   /** Replace `label` on the voxels `indices` by `mask` (1 = label, 0 = cleared where it was `label`), with an undo entry. */
   private paint(indices: Uint32Array, mask: Uint8Array, label: number): number {
     const previous = new Uint16Array(indices.length);
@@ -180,8 +120,7 @@ export class OpenVolume {
   }
 
   /** Segment one view slice from a box and/or clicks and write the mask as `label` there. */
-  async segmentSlice(model: OnnxModel, req: { axis: Axis; index: number; label: number; box?: Box2D; points?: Click[] }): Promise<{ pixels: number; iou: number; cached: boolean; ms: number }> {
-    const t0 = performance.now();
+  async segmentSlice(worker: InferenceWorker, req: { axis: Axis; index: number; label: number; box?: Box2D; points?: Click[] }): Promise<{ pixels: number; iou: number; cached: boolean; ms: number }> {
     const { rows, cols } = this.checkSlice(req.axis, req.index);
     checkLabel(req.label);
     const dims = { height: rows, width: cols };
@@ -192,12 +131,11 @@ export class OpenVolume {
       throw new HttpError(400, (err as Error).message);
     }
     if (!req.box && !req.points?.length) throw new HttpError(400, 'draw a box or add a click first');
-    const { embedding, cached } = this.embedding(model, req.axis, req.index);
-    const r = await decodePrompt(model, await embedding, dims, { box: req.box, points: req.points });
+    const r = await worker.segment({ volumeId: this.id, path: this.path, axis: req.axis, index: req.index, box: req.box, points: req.points });
     const indices = new Uint32Array(rows * cols);
     for (let r2 = 0; r2 < rows; r2++) for (let c = 0; c < cols; c++) indices[r2 * cols + c] = voxelIndex(req.axis, req.index, r2, c, this.height, this.width);
-    const pixels = this.paint(indices, binarize(r.logits), req.label);
-    return { pixels, iou: r.iou, cached, ms: performance.now() - t0 };
+    const pixels = this.paint(indices, r.mask, req.label);
+    return { pixels, iou: r.iou, cached: r.cached, ms: r.ms };
   }
 
   /**
@@ -205,22 +143,20 @@ export class OpenVolume {
    * `medtune predict` does for a 3D box whose middle slice is that slice, and make the result the
    * whole of `label`.
    */
-  async propagate(
-    model: OnnxModel,
-    req: { axis: Axis; index: number; label: number; box: Box2D; points?: Click[] },
-    job: PropagationJob,
-  ): Promise<number> {
+  async propagate(worker: InferenceWorker, req: { axis: Axis; index: number; label: number; box: Box2D; points?: Click[] }, job: PropagationJob): Promise<number> {
     const { rows, cols, count } = this.checkSlice(req.axis, req.index);
     checkLabel(req.label);
-    const [x0, y0, x1, y1] = req.box;
-    const k = req.index;
-    job.total = count - k + (k > 0 ? k + 1 : 0);
-    const seg = await segmentVolume(model, this.view(req.axis), [{ label: 1, box: [x0, y0, k, x1, y1, k], points: req.points }], {
-      onSlice: () => {
-        if (job.cancelled) throw new CancelledError();
-        job.done++;
-      },
-    });
+    try {
+      checkBox(req.box, { height: rows, width: cols });
+      if (req.points) checkPoints(req.points, { height: rows, width: cols });
+    } catch (err) {
+      throw new HttpError(400, (err as Error).message);
+    }
+    const seg = await worker.propagate(
+      { volumeId: this.id, path: this.path, axis: req.axis, index: req.index, box: req.box, points: req.points },
+      (id) => (job.cancel = () => worker.cancel(id)),
+      (done, total) => Object.assign(job, { done, total }),
+    );
     const previous = this.labels.slice();
     let voxels = 0;
     for (let kk = 0; kk < count; kk++) {
@@ -259,18 +195,13 @@ function checkLabel(label: number): void {
   if (!(Number.isInteger(label) && label >= 1 && label <= 65535)) throw new HttpError(400, `label ${label}: must be an integer 1..65535`);
 }
 
-export class CancelledError extends Error {
-  constructor() {
-    super('propagation cancelled');
-  }
-}
-
 export interface PropagationJob {
   id: string;
   state: 'running' | 'done' | 'cancelled' | 'error';
   done: number;
   total: number;
-  cancelled: boolean;
+  /** stops the run in the worker (set once it started) */
+  cancel?: () => void;
   message?: string;
   voxels?: number;
   ms?: number;
@@ -333,7 +264,7 @@ export class VolumeStore {
   }
 
   close(): void {
-    for (const j of this.jobs.values()) j.cancelled = true;
+    for (const j of this.jobs.values()) j.cancel?.();
     rmSync(this.workDir, { recursive: true, force: true });
   }
 }
