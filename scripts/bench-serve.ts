@@ -96,7 +96,7 @@ try {
     let last = -1;
     for (;;) {
       const s = await call(`/api/jobs/${job}`);
-      if (s.done !== last && (s.done % 10 === 0 || s.state !== 'running')) console.log(`  propagation ${s.done}/${s.total} at ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+      if (s.total > 0 && s.done !== last && (s.done % 10 === 0 || s.state !== 'running')) console.log(`  propagation ${s.done}/${s.total} at ${((performance.now() - t0) / 1000).toFixed(1)} s`);
       last = s.done;
       if (s.state !== 'running') {
         if (s.state !== 'done') throw new Error(`propagation ${s.state}: ${s.message ?? ''}`);
