@@ -131,6 +131,39 @@ describe('serve: only the named folders, only with the page token', () => {
   });
 });
 
+describe('serve: views and formats', () => {
+  it('slices a (D, H, W) volume along the three views as hand-computed', async () => {
+    const { reslice, voxelIndex, viewDims } = await import('../src/serve/views.js');
+    // value 100 z + 10 y + x in a 2 x 3 x 4 volume
+    const data = Float32Array.from({ length: 24 }, (_, i) => 100 * Math.floor(i / 12) + 10 * (Math.floor(i / 4) % 3) + (i % 4));
+    const vol = { data, depth: 2, height: 3, width: 4, channels: 1 as const };
+    expect(viewDims('coronal', 2, 3, 4)).toEqual({ count: 3, rows: 2, cols: 4 });
+    expect(viewDims('sagittal', 2, 3, 4)).toEqual({ count: 4, rows: 2, cols: 3 });
+    // coronal slice y = 1: rows z, columns x
+    expect(Array.from(reslice(vol, 'coronal').data.subarray(8, 16))).toEqual([10, 11, 12, 13, 110, 111, 112, 113]);
+    // sagittal slice x = 2: rows z, columns y
+    expect(Array.from(reslice(vol, 'sagittal').data.subarray(12, 18))).toEqual([2, 12, 22, 102, 112, 122]);
+    expect(data[voxelIndex('sagittal', 2, 1, 2, 3, 4)]).toBe(122);
+    expect(reslice(vol, 'axial')).toBe(vol);
+  });
+
+  it('opens an uploaded JPEG as an RGB image', async () => {
+    const { encode } = await import('jpeg-js');
+    const [w, h] = [40, 24];
+    const rgba = new Uint8Array(w * h * 4).map((_, i) => (i % 4 === 3 ? 255 : i % 4 === 0 ? 200 : 60));
+    const jpeg = Buffer.from(encode({ data: rgba, width: w, height: h }, 95).data);
+    const r = await raw('/api/upload?name=photo.jpg', { method: 'POST', body: jpeg });
+    expect(r.status).toBe(200);
+    const vol = JSON.parse(r.body);
+    expect([vol.shape, vol.channels]).toEqual([[1, h, w], 3]);
+    const { bytes } = await raw(`/api/volumes/${vol.id}/slice?axis=axial&index=0`);
+    const pixels = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+    expect(pixels.length).toBe(w * h * 3);
+    expect(Math.abs(pixels[0] - 200)).toBeLessThan(4); // red channel, 0..255, up to JPEG rounding
+    expect(Math.abs(pixels[1] - 60)).toBeLessThan(4);
+  });
+});
+
 describe('serve: propagation jobs', () => {
   it('reports progress and can be cancelled, leaving the label map as it was', async () => {
     // 60 slices: the fixture's 5, repeated
