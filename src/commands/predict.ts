@@ -7,6 +7,8 @@
  * - 3D: a volume (.npz `imgs` (D,H,W) or NIfTI) and one `--box [label:]x0,y0,z0,x1,y1,z1` per label
  *   (or `--boxes-from-gts` with an npz holding `gts`) -> a label map (.npz `segs`, NIfTI with the
  *   input's geometry).
+ * - Clicks: `--points [label:]x,y,l;...` join the box of their label (3D: on its middle slice) or
+ *   prompt a 2D image alone.
  * Pixels: uint8 images are scaled by 1/255; other types by --window (data/intensity.ts: center,width
  * or a preset) or else by their 0.5-99.5 percentiles.
  */
@@ -16,13 +18,14 @@ import type { CommandModule } from 'yargs';
 import { parseWindow, WINDOW_HELP, type IntensityWindow } from '../data/intensity.js';
 import type { NiftiVolume } from '../data/nifti.js';
 import { encodeNpz, parseNpy, readNpz, type NpyArray } from '../io/npz.js';
-import type { Box2D, Box3D, Pixels01, VolumeTarget } from '../onnx/predict.js';
+import type { Box2D, Box3D, Click, Pixels01, VolumeTarget } from '../onnx/predict.js';
 
 interface PredictArgs {
   onnx: string;
   input: string;
   out: string;
   box?: string[];
+  points?: string[];
   'boxes-from-gts'?: boolean;
   slice?: number;
   multimask?: boolean;
@@ -74,6 +77,19 @@ export async function loadInput(path: string, window?: IntensityWindow): Promise
     }
     return { pixels: { data: out, depth: 1, height, width, channels: color ? 3 : 1 }, shape: [height, width] };
   }
+  if (ext === '.jpg' || ext === '.jpeg') {
+    const { decode } = await import('jpeg-js');
+    let jpeg: { width: number; height: number; data: Uint8Array };
+    try {
+      jpeg = decode(readFileSync(path), { useTArray: true, formatAsRGBA: true });
+    } catch (err) {
+      throw new Error(`${path}: not a readable JPEG (${(err as Error).message})`);
+    }
+    const { width, height } = jpeg;
+    const out = new Float32Array(width * height * 3);
+    for (let i = 0; i < width * height; i++) for (let k = 0; k < 3; k++) out[3 * i + k] = jpeg.data[4 * i + k] / 255;
+    return { pixels: { data: out, depth: 1, height, width, channels: 3 }, shape: [height, width] };
+  }
   if (ext === '.npy') return fromArray(parseNpy(readFileSync(path), path), path, window);
   if (ext === '.npz') {
     const arrays = readNpz(path);
@@ -93,7 +109,7 @@ export async function loadInput(path: string, window?: IntensityWindow): Promise
     const data = to01(raw, raw instanceof Uint8Array ? 'uint8' : 'other', window, path);
     return { pixels: { data, depth, height, width, channels: 1 }, shape: [depth, height, width], nifti, spacing: [...nifti.geometry.spacing] };
   }
-  throw new Error(`${path}: unsupported input type '${ext}' (use .png, .npy, .npz, .nii or .nii.gz)`);
+  throw new Error(`${path}: unsupported input type '${ext}' (use .png, .jpg, .npy, .npz, .nii or .nii.gz)`);
 }
 
 /** One slice of a volume as a 2D image. */
@@ -106,10 +122,12 @@ function sliceOf(input: LoadedInput, k: number): Pixels01 {
 
 /**
  * The prompts of one run, parsed and checked against the input once, here at the edge: a 2D box
- * (x0, y0, x1, y1 in image pixels) or a 3D box (x0, y0, z0, x1, y1, z1, slice indices inclusive)
- * per label. A new prompt kind is a new member of this union.
+ * (x0, y0, x1, y1 in image pixels) and/or clicks, or a 3D box (x0, y0, z0, x1, y1, z1, slice
+ * indices inclusive) with optional clicks on its middle slice, per label.
  */
-export type LabelPrompt = { label: number; box: Box2D } | { label: number; box: Box3D };
+export type LabelPrompt =
+  | { label: number; box?: Box2D; points?: Click[] }
+  | { label: number; box: Box3D; points?: Click[] };
 
 /** `[label:]v0,v1,...` */
 export function parseBox(spec: string, defaultLabel: number): { label: number; box: number[] } {
@@ -123,13 +141,23 @@ export function parseBox(spec: string, defaultLabel: number): { label: number; b
   return { label, box: values };
 }
 
+/** `[label:]x,y,l;x,y,l;...` (l: 1 positive, 0 negative) */
+export function parsePoints(spec: string, defaultLabel: number): { label: number; points: Click[] } {
+  const m = /^(?:(\d+):)?([^:]+)$/.exec(spec.trim());
+  const points = m ? m[2].split(';').filter((p) => p.trim()).map((p) => p.split(',').map((v) => Number(v.trim()))) : [];
+  if (!m || points.length === 0 || points.some((p) => p.length !== 3 || p.some((v) => !Number.isFinite(v)) || (p[2] !== 0 && p[2] !== 1))) {
+    throw new Error(`--points '${spec}': expected [label:]x,y,l;x,y,l;... with l = 1 (positive) or 0 (negative)`);
+  }
+  return { label: m[1] !== undefined ? Number(m[1]) : defaultLabel, points: points as Click[] };
+}
+
 /**
- * --box / --boxes-from-gts (and --slice) -> the run's prompts and the image or volume they
- * prompt, each prompt checked against it.
+ * --box / --boxes-from-gts / --points (and --slice) -> the run's prompts and the image or volume
+ * they prompt, each prompt checked against it.
  */
 export async function parsePrompts(args: PredictArgs, input: LoadedInput): Promise<{ prompts: LabelPrompt[]; image: Pixels01; is3d: boolean }> {
-  const { boxesFromLabels, checkBox, npyNumbers } = await import('../onnx/predict.js');
-  const found = (args.box ?? []).map((b, i) => parseBox(b, args.box!.length === 1 ? args.label : i + 1));
+  const { boxesFromLabels, checkBox, checkPoints, npyNumbers } = await import('../onnx/predict.js');
+  const found: Array<{ label: number; box?: number[]; points?: Click[] }> = (args.box ?? []).map((b, i) => parseBox(b, args.box!.length === 1 ? args.label : i + 1));
   if (args['boxes-from-gts']) {
     if (!input.gts) throw new Error(`--boxes-from-gts: ${args.input} has no 'gts' array`);
     const { depth, height, width } = input.pixels;
@@ -137,8 +165,15 @@ export async function parsePrompts(args: PredictArgs, input: LoadedInput): Promi
     if (fromGts.length === 0) throw new Error(`--boxes-from-gts: ${args.input}: gts is empty (no label to prompt)`);
     found.push(...fromGts);
   }
-  if (found.length === 0) throw new Error('give a prompt: --box x0,y0,x1,y1 (2D) or --box [label:]x0,y0,z0,x1,y1,z1 (3D), or --boxes-from-gts');
-  const dims = new Set(found.map((s) => s.box.length));
+  // clicks join the box of their label; clicks without a box are a 2D prompt of their own
+  const clickLabel = found.length === 1 ? found[0].label : args.label;
+  for (const c of (args.points ?? []).map((p) => parsePoints(p, clickLabel))) {
+    const target = found.find((f) => f.label === c.label);
+    if (target) target.points = [...(target.points ?? []), ...c.points];
+    else found.push({ label: c.label, points: c.points });
+  }
+  if (found.length === 0) throw new Error('give a prompt: --box x0,y0,x1,y1 (2D) or --box [label:]x0,y0,z0,x1,y1,z1 (3D), --boxes-from-gts, or --points');
+  const dims = new Set(found.flatMap((s) => (s.box ? [s.box.length] : [])));
   if (dims.size > 1) throw new Error('--box: mix of 2D and 3D boxes');
   const is3d = dims.has(6);
   let image = input.pixels;
@@ -146,7 +181,11 @@ export async function parsePrompts(args: PredictArgs, input: LoadedInput): Promi
     if (args.slice === undefined) throw new Error(`${args.input} is a volume of ${image.depth} slices: pass --slice for a 2D box, or a 3D box x0,y0,z0,x1,y1,z1`);
     image = sliceOf(input, args.slice);
   }
-  for (const p of found) checkBox(p.box, image, `label ${p.label} box`);
+  for (const p of found) {
+    if (is3d && !p.box) throw new Error(`--points for label ${p.label}: a 3D prompt needs a box x0,y0,z0,x1,y1,z1 (the clicks go on its middle slice)`);
+    if (p.box) checkBox(p.box, image, `label ${p.label} box`);
+    if (p.points) checkPoints(p.points, image, `label ${p.label} point`);
+  }
   return { prompts: found as LabelPrompt[], image, is3d };
 }
 
@@ -162,14 +201,14 @@ export async function runPredict(args: PredictArgs, log: (line: string) => void 
     const out = new (Math.max(...prompts.map((s) => s.label)) > 255 ? Uint16Array : Uint8Array)(image.height * image.width);
     for (const s of prompts) {
       const t0 = performance.now();
-      const r = await segmentImage(model, image, s.box as Box2D, { multimask: args.multimask });
+      const r = await segmentImage(model, image, s.box as Box2D | undefined, { multimask: args.multimask, points: s.points });
       for (let i = 0; i < out.length; i++) if (r.mask[i]) out[i] = s.label;
       log(`label ${s.label}: ${r.mask.reduce((a, b) => a + b, 0)} pixels, IoU estimate ${r.iou.toFixed(3)}, ${(performance.now() - t0).toFixed(0)} ms`);
     }
     await model.release();
     await writeOutput(args.out, out, [image.height, image.width], input, true);
   } else {
-    const targets: VolumeTarget[] = prompts.map((s) => ({ label: s.label, box: s.box as Box3D }));
+    const targets: VolumeTarget[] = prompts.map((s) => ({ label: s.label, box: s.box as Box3D, points: s.points }));
     const model = OnnxModel.open(args.onnx, { threads: args.threads });
     const t0 = performance.now();
     let slices = 0;
@@ -182,7 +221,7 @@ export async function runPredict(args: PredictArgs, log: (line: string) => void 
   log(`written ${args.out}`);
 }
 
-async function writeOutput(path: string, data: Uint8Array | Uint16Array, shape: number[], input: LoadedInput, is2d: boolean): Promise<void> {
+export async function writeOutput(path: string, data: Uint8Array | Uint16Array, shape: number[], input: LoadedInput, is2d: boolean): Promise<void> {
   mkdirSync(dirname(path) || '.', { recursive: true });
   const ext = lower(extname(path));
   if (ext === '.png') {
@@ -222,9 +261,10 @@ export const predictCommand: CommandModule<object, PredictArgs> = {
   builder: (y) =>
     y
       .option('onnx', { type: 'string', demandOption: true, alias: 'export', describe: 'folder written by `medtune export`' })
-      .option('input', { type: 'string', demandOption: true, describe: 'image (.png, .npy, .npz) or volume (.npz imgs (D,H,W), .nii, .nii.gz)' })
+      .option('input', { type: 'string', demandOption: true, describe: 'image (.png, .jpg, .npy, .npz) or volume (.npz imgs (D,H,W), .nii, .nii.gz)' })
       .option('out', { type: 'string', demandOption: true, describe: 'mask / label map: .npz (segs), .npy, .png (2D), .nii/.nii.gz' })
       .option('box', { type: 'string', array: true, describe: '2D: x0,y0,x1,y1; 3D: [label:]x0,y0,z0,x1,y1,z1 (repeat per label)' })
+      .option('points', { type: 'string', array: true, describe: "clicks [label:]x,y,l;x,y,l (l 1 positive, 0 negative), with or without a box; 3D: on the box's middle slice" })
       .option('boxes-from-gts', { type: 'boolean', describe: 'prompt every label of the npz `gts` by its bounding box (the challenge protocol)' })
       .option('slice', { type: 'number', describe: '2D box on one slice of a volume' })
       .option('label', { type: 'number', default: 1, describe: 'label value of a single unlabelled box' })

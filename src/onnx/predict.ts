@@ -11,7 +11,7 @@ import type { NpyArray } from '../io/npz.js';
 import type { SliceData } from '../data/sampling.js';
 import { largestComponent, unionMasks, type SliceResult } from '../model/video-output.js';
 import { VolumePropagator } from '../model/video-predictor.js';
-import { OnnxModel, OrtFrameGraphs, predictBox } from './runtime.js';
+import { decodePrompt, embedImage, OnnxModel, OrtFrameGraphs, type Click } from './runtime.js';
 
 /** Gray or RGB pixels scaled to [0, 1]: (H, W[, C]) for an image, (D, H, W[, C]) for a volume. */
 export interface Pixels01 {
@@ -24,6 +24,7 @@ export interface Pixels01 {
 
 export type Box2D = [number, number, number, number];
 export type Box3D = [number, number, number, number, number, number];
+export type { Click };
 
 /**
  * Scale intensities to [0, 1]: uint8 by 1/255; anything else by a window when given, else by its
@@ -113,23 +114,43 @@ export function checkBox(box: number[], dims: { depth?: number; height: number; 
   }
 }
 
-/** 2D: one image, one box (image pixels, checked by the caller) -> a binary mask (H * W, 1 = object) and the mask's scores. */
+/** Throws a message naming the problem when a click is not inside the image or its label is not 0 or 1. */
+export function checkPoints(points: Click[], dims: { height: number; width: number }, what = 'point'): void {
+  for (const p of points) {
+    const [x, y, l] = p;
+    const fmt = `(${p.join(', ')})`;
+    if (p.length !== 3 || p.some((v) => !Number.isFinite(v))) throw new Error(`${what} ${fmt}: expected x,y,label`);
+    if (x < 0 || y < 0 || x > dims.width || y > dims.height) throw new Error(`${what} ${fmt} lies outside the ${dims.width}x${dims.height} image`);
+    if (l !== 0 && l !== 1) throw new Error(`${what} ${fmt}: label must be 1 (positive) or 0 (negative)`);
+  }
+}
+
+/** 2D: one image, a box and/or clicks (image pixels) -> a binary mask (H * W, 1 = object) and the mask's scores. */
 export async function segmentImage(
   model: OnnxModel,
   image: Pixels01,
-  box: Box2D,
-  opts: { multimask?: boolean } = {},
+  box: Box2D | undefined,
+  opts: { multimask?: boolean; points?: Click[] } = {},
 ): Promise<{ mask: Uint8Array; iou: number; objectScore: number }> {
+  if (box) checkBox(box, image);
+  if (opts.points) checkPoints(opts.points, image);
   const input = sliceToModelInput(image.data, image.height, image.width, image.channels, model.geometry.S);
-  const r = await predictBox(model, input, image, box, opts.multimask);
-  const mask = new Uint8Array(r.logits.length);
-  for (let i = 0; i < mask.length; i++) mask[i] = r.logits[i] > 0 ? 1 : 0;
-  return { mask, iou: r.iou, objectScore: r.objectScore };
+  const r = await decodePrompt(model, await embedImage(model, input), image, { box, points: opts.points }, opts.multimask);
+  return { mask: binarize(r.logits), iou: r.iou, objectScore: r.objectScore };
+}
+
+/** Mask logits -> 1 where > 0. */
+export function binarize(logits: Float32Array): Uint8Array {
+  const mask = new Uint8Array(logits.length);
+  for (let i = 0; i < mask.length; i++) mask[i] = logits[i] > 0 ? 1 : 0;
+  return mask;
 }
 
 export interface VolumeTarget {
   label: number;
   box: Box3D;
+  /** clicks on the key slice (the box's middle slice), after the box */
+  points?: Click[];
 }
 
 export interface VolumeProgress {
@@ -149,6 +170,10 @@ export async function segmentVolume(
   opts: { onSlice?: (p: VolumeProgress) => void; cacheBytes?: number } = {},
 ): Promise<Uint8Array | Uint16Array> {
   const { depth: D, height: H, width: W, channels } = volume;
+  for (const t of targets) {
+    checkBox(t.box, volume, `label ${t.label} box`);
+    if (t.points) checkPoints(t.points, volume, `label ${t.label} point`);
+  }
   const { S, h, C } = model.geometry;
   const n = H * W * channels;
   // A slice's model input (and, through OrtFrameGraphs, its encoder outputs) is kept while it
@@ -175,7 +200,7 @@ export async function segmentVolume(
   for (const t of targets) {
     const [x0, y0, z0, x1, y1, z1] = t.box;
     const key = Math.floor((z0 + z1) / 2);
-    const results = await propagator.propagate(source, { frameIdx: key, box: [x0, y0, x1, y1] }, { onSlice: (slice) => opts.onSlice?.({ label: t.label, slice }) });
+    const results = await propagator.propagate(source, { frameIdx: key, box: [x0, y0, x1, y1], points: t.points }, { onSlice: (slice) => opts.onSlice?.({ label: t.label, slice }) });
     const seg = largestComponent(unionMasks(results, D, H, W), D, H, W);
     for (let i = 0; i < seg.length; i++) if (seg[i]) out[i] = t.label;
   }

@@ -175,10 +175,51 @@ export interface BoxPrediction {
   objectScore: number;
 }
 
+/** The image encoder's outputs the mask decoder reads: computed once per image, reused by every prompt on it. */
+export interface ImageEmbedding {
+  image_embed: ort.Tensor;
+  high_res_0: ort.Tensor;
+  high_res_1: ort.Tensor;
+}
+
+/** Run the image encoder on an (S, S, 3) normalized channels-last image. */
+export async function embedImage(model: OnnxModel, image: Float32Array): Promise<ImageEmbedding> {
+  const enc = await model.run('imageEncoder', { image: OnnxModel.nchwImage(image, model.geometry.S) });
+  return { image_embed: enc.image_embed, high_res_0: enc.high_res_0, high_res_1: enc.high_res_1 };
+}
+
+/** A click in image pixels: x, y, label (1 positive, 0 negative). */
+export type Click = [number, number, number];
+
 /**
- * Segment one image from a box, as the SAM2 image predictor does: the box as two points
- * (labels 2, 3) in model pixels, no mask input, single-mask output (or the best of three with
- * `multimask`), low-res logits resized to the image size.
+ * Segment one image from a box and/or clicks, as the SAM2 image predictor does: the box as two
+ * points (labels 2, 3) followed by the clicks, in model pixels, no mask input, single-mask output
+ * (or the best of three with `multimask`), low-res logits resized to the image size.
+ */
+export async function decodePrompt(
+  model: OnnxModel,
+  embedding: ImageEmbedding,
+  size: { height: number; width: number },
+  prompt: { box?: [number, number, number, number]; points?: Click[] },
+  multimask = false,
+): Promise<BoxPrediction> {
+  const { S, h } = model.geometry;
+  if (!prompt.box && !prompt.points?.length) throw new Error('a prompt needs a box or at least one click');
+  const { coords, labels } = pointsToModel(prompt, size, S);
+  const dec = await model.run('maskDecoder', {
+    ...embedding,
+    point_coords: { data: coords, shape: [1, labels.length, 2] },
+    point_labels: { data: labels, shape: [1, labels.length] },
+    mask_input: { data: new Float32Array(16 * h * h), shape: [1, 1, 4 * h, 4 * h] },
+    has_mask_input: { data: Float32Array.from([0]), shape: [1] },
+  });
+  const suffix = multimask ? '_multi' : '';
+  const { logits, iou } = await model.bestMask(dec[`low_res_masks${suffix}`], dec[`iou_predictions${suffix}`], [size.height, size.width]);
+  return { logits, iou, objectScore: hostOf(dec.object_score_logits).data[0] };
+}
+
+/**
+ * Segment one image from a box (`decodePrompt` after `embedImage`).
  * `image`: (S, S, 3) normalized channels-last; `box`: x0, y0, x1, y1 in the image's pixels.
  */
 export async function predictBox(
@@ -188,21 +229,7 @@ export async function predictBox(
   box: [number, number, number, number],
   multimask = false,
 ): Promise<BoxPrediction> {
-  const { S, h } = model.geometry;
-  const enc = await model.run('imageEncoder', { image: OnnxModel.nchwImage(image, S) });
-  const { coords, labels } = pointsToModel({ box }, size, S);
-  const dec = await model.run('maskDecoder', {
-    image_embed: enc.image_embed,
-    high_res_0: enc.high_res_0,
-    high_res_1: enc.high_res_1,
-    point_coords: { data: coords, shape: [1, 2, 2] },
-    point_labels: { data: labels, shape: [1, 2] },
-    mask_input: { data: new Float32Array(16 * h * h), shape: [1, 1, 4 * h, 4 * h] },
-    has_mask_input: { data: Float32Array.from([0]), shape: [1] },
-  });
-  const suffix = multimask ? '_multi' : '';
-  const { logits, iou } = await model.bestMask(dec[`low_res_masks${suffix}`], dec[`iou_predictions${suffix}`], [size.height, size.width]);
-  return { logits, iou, objectScore: hostOf(dec.object_score_logits).data[0] };
+  return decodePrompt(model, await embedImage(model, image), size, { box }, multimask);
 }
 
 // ───────────────────────────── 3D: the propagation graphs ─────────────────────────────

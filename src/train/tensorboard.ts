@@ -102,6 +102,33 @@ export function encodeEvent(event: TbEvent): Uint8Array {
 }
 
 /**
+ * The events of an event file's bytes, in order; a record cut short at the end (a run still
+ * writing) is left for the next read.
+ */
+export function readEvents(bytes: Uint8Array): TbEvent[] {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const events: TbEvent[] = [];
+  for (let o = 0; o + 12 <= bytes.byteLength; ) {
+    const length = Number(view.getBigUint64(o, true));
+    if (o + 12 + length + 4 > bytes.byteLength) break;
+    const msg = EventType.toObject(EventType.decode(bytes.subarray(o + 12, o + 12 + length)), { longs: Number, bytes: Uint8Array }) as {
+      wall_time?: number;
+      step?: number;
+      file_version?: string;
+      summary?: { value?: Array<{ tag: string; simple_value?: number; image?: { height: number; width: number; colorspace: number; encoded_image_string: Uint8Array } }> };
+    };
+    const values: TbValue[] | undefined = msg.summary?.value?.map((v) =>
+      v.image
+        ? { tag: v.tag, image: { height: v.image.height, width: v.image.width, colorspace: v.image.colorspace, png: v.image.encoded_image_string } }
+        : { tag: v.tag, value: v.simple_value ?? 0 },
+    );
+    events.push({ wallTime: msg.wall_time ?? 0, step: msg.step, fileVersion: msg.file_version, values });
+    o += 12 + length + 4;
+  }
+  return events;
+}
+
+/**
  * Appends events to `<dir>/events.out.tfevents.<seconds>.<host>`; the first record is the
  * file-version event. Each write goes straight to the file so a killed run keeps its logs.
  */
