@@ -6,6 +6,7 @@ import { exportCommand } from './commands/export.js';
 import { inspectCommand } from './commands/inspect.js';
 import { predictCommand } from './commands/predict.js';
 import { prepareCommand } from './commands/prepare.js';
+import { setupCommand } from './commands/setup.js';
 import { trainCommand } from './commands/train.js';
 
 await yargs(hideBin(process.argv))
@@ -16,7 +17,8 @@ await yargs(hideBin(process.argv))
   .command(predictCommand)
   .command(evalCommand)
   .command(prepareCommand)
-  .demandCommand(1, 'Name a command: inspect, train, export, predict, eval or prepare.')
+  .command(setupCommand)
+  .demandCommand(1, 'Name a command: inspect, train, export, predict, eval, prepare or setup.')
   .strict()
   .fail((msg, err, y) => {
     if (err) {
