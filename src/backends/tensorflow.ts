@@ -1,5 +1,7 @@
 /** Native TensorFlow: @tensorflow/tfjs-node-gpu (only with a CUDA GPU) or @tensorflow/tfjs-node. */
+import * as tf from '@tensorflow/tfjs-core';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { activate, cpuDevice, isNotInstalled, type BackendChoice } from './common.js';
 
@@ -17,30 +19,89 @@ export function cudaGpus(): string[] {
   }
 }
 
-export async function useTensorflow(preferGpu: boolean): Promise<BackendChoice> {
-  const gpus = cudaGpus();
-  if (preferGpu && gpus.length > 0) {
-    try {
-      await import('@tensorflow/tfjs-node-gpu' as string);
-      await activate('tensorflow');
-      return { backend: 'tensorflow', device: `CUDA ${gpus.join(', ')} (tfjs-node-gpu)` };
-    } catch (err) {
-      if (!isNotInstalled(err, '@tensorflow/tfjs-node-gpu')) {
-        process.stderr.write(`medtune: @tensorflow/tfjs-node-gpu did not load (${(err as Error).message}); trying @tensorflow/tfjs-node\n`);
-      }
+export const SETUP_HINT = 'npx medtune setup tensorflow';
+
+/** TensorFlow's thread pools as they are (or will be) for this process: read once, when the addon loads. */
+export function tensorflowThreads(): { intraOp: number; interOp: number } {
+  const n = (v: string | undefined) => (v && Number(v) > 0 ? Number(v) : availableParallelism());
+  return { intraOp: n(process.env.TF_NUM_INTRAOP_THREADS), interOp: n(process.env.TF_NUM_INTEROP_THREADS) };
+}
+
+let loaded: '@tensorflow/tfjs-node' | '@tensorflow/tfjs-node-gpu' | undefined;
+
+/**
+ * Sets TensorFlow's intra- and inter-op pool sizes (`backend_threads`; default all cores) and hides
+ * its INFO log lines, before the addon loads: TensorFlow reads them once per process.
+ */
+function prepareEnvironment(threads: number | undefined): void {
+  if (loaded) {
+    if (threads && tensorflowThreads().intraOp !== threads) {
+      process.stderr.write(`medtune: TensorFlow already runs with ${tensorflowThreads().intraOp} threads in this process; backend_threads=${threads} applies to a new process\n`);
     }
+    return;
   }
+  const n = String(threads ?? availableParallelism());
+  process.env.TF_NUM_INTRAOP_THREADS = n;
+  process.env.TF_NUM_INTEROP_THREADS = n;
+  process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
+}
+
+function describe(pkg: string, device: string): string {
+  const version = (tf.backend() as unknown as { binding?: { TF_Version?: string } }).binding?.TF_Version ?? '?';
+  const { intraOp } = tensorflowThreads();
+  return `${device}, native TensorFlow ${version} (${pkg.split('/')[1]}), ${intraOp} thread${intraOp === 1 ? '' : 's'}`;
+}
+
+/** tfjs-node-gpu on a CUDA GPU; throws saying why not (no GPU, package absent or broken). */
+export async function useTensorflowGpu(threads?: number): Promise<BackendChoice> {
+  const pkg = '@tensorflow/tfjs-node-gpu';
+  const gpus = cudaGpus();
+  if (gpus.length === 0) throw new Error('no NVIDIA GPU (no /proc/driver/nvidia/gpus)');
+  if (loaded === '@tensorflow/tfjs-node') throw new Error('@tensorflow/tfjs-node (CPU) is already loaded in this process');
+  prepareEnvironment(threads);
   try {
-    await import('@tensorflow/tfjs-node' as string);
+    await import(pkg as string);
   } catch (err) {
-    if (isNotInstalled(err, '@tensorflow/tfjs-node')) {
+    if (isNotInstalled(err, pkg)) throw new Error(`${pkg} is not installed (\`${SETUP_HINT} --gpu\` builds it for CUDA 12)`);
+    throw new Error(`${pkg} is installed but failed to load: ${(err as Error).message}`);
+  }
+  loaded = pkg;
+  await activate('tensorflow');
+  return { backend: 'tensorflow', device: describe(pkg, `CUDA ${gpus.join(', ')}`) };
+}
+
+/** tfjs-node on the CPU; throws saying why not, with how to get it. */
+export async function useTensorflowCpu(threads?: number): Promise<BackendChoice> {
+  const pkg = '@tensorflow/tfjs-node';
+  if (loaded === '@tensorflow/tfjs-node-gpu') {
+    await activate('tensorflow');
+    return { backend: 'tensorflow', device: describe(loaded, 'GPU build') };
+  }
+  prepareEnvironment(threads);
+  try {
+    await import(pkg as string);
+  } catch (err) {
+    if (isNotInstalled(err, pkg)) {
       throw new Error(
-        "backend 'tensorflow' needs the optional package @tensorflow/tfjs-node (native TensorFlow), which is not installed: " +
-          'run `npm install @tensorflow/tfjs-node`, or `npm install @tensorflow/tfjs-node-gpu` for a CUDA GPU',
+        `backend 'tensorflow' needs the optional package ${pkg} (native TensorFlow), which is not installed: ` +
+          `run \`${SETUP_HINT}\` (builds it against a current TensorFlow; or \`npm install ${pkg}\` where its prebuilt download works)`,
       );
     }
-    throw new Error(`@tensorflow/tfjs-node is installed but failed to load: ${(err as Error).message}`);
+    throw new Error(`${pkg} is installed but failed to load (\`${SETUP_HINT} --force\` rebuilds it): ${(err as Error).message}`);
   }
+  loaded = pkg;
   await activate('tensorflow');
-  return { backend: 'tensorflow', device: `${cpuDevice()}, native TensorFlow (tfjs-node)` };
+  return { backend: 'tensorflow', device: describe(pkg, cpuDevice()) };
+}
+
+/** `backend: tensorflow`: the GPU build with a CUDA GPU when it loads, else tfjs-node on the CPU. */
+export async function useTensorflow(threads?: number): Promise<BackendChoice> {
+  if (cudaGpus().length > 0) {
+    try {
+      return await useTensorflowGpu(threads);
+    } catch (err) {
+      if (!/is not installed/.test((err as Error).message)) process.stderr.write(`medtune: ${(err as Error).message}; trying @tensorflow/tfjs-node\n`);
+    }
+  }
+  return useTensorflowCpu(threads);
 }

@@ -112,7 +112,7 @@ function logitsNhwc(masks: tf.Tensor): tf.Tensor {
 export async function train(opts: TrainOptions): Promise<TrainResult> {
   const { config, runDir } = opts;
   const t = config.train;
-  await selectBackend(config.backend, { quiet: opts.quiet });
+  await selectBackend(config.backend, { quiet: opts.quiet, threads: config.backend_threads ?? undefined });
   mkdirSync(runDir, { recursive: true });
   const configYaml = configToYaml(config);
   writeFileSync(join(runDir, 'config.yaml'), configYaml);
