@@ -1,6 +1,7 @@
 /** The `medtune` command line. Each subcommand lives in src/commands and loads its heavy parts lazily. */
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
+import { doctorCommand } from './commands/doctor.js';
 import { evalCommand } from './commands/eval.js';
 import { exportCommand } from './commands/export.js';
 import { inspectCommand } from './commands/inspect.js';
@@ -18,7 +19,8 @@ await yargs(hideBin(process.argv))
   .command(evalCommand)
   .command(prepareCommand)
   .command(setupCommand)
-  .demandCommand(1, 'Name a command: inspect, train, export, predict, eval, prepare or setup.')
+  .command(doctorCommand)
+  .demandCommand(1, 'Name a command: inspect, train, export, predict, eval, prepare, setup or doctor.')
   .strict()
   .fail((msg, err, y) => {
     if (err) {

@@ -34,6 +34,7 @@ import { homedir, tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Unzip, UnzipInflate } from 'fflate';
+import { probeTensorflowPackage } from './tensorflow.js';
 
 /** The tfjs-node release whose binding sources are built (the project's tfjs-core version). */
 export const TFJS_NODE_VERSION = '4.22.0';
@@ -308,35 +309,6 @@ async function readWheelMetadata(wheel: string): Promise<string> {
 
 // ---------------------------------------------------------------- the build
 
-interface LoadReport {
-  ok: boolean;
-  tfVersion?: string;
-  error?: string;
-}
-
-/** Loads the package (or a staged copy of it) in a child process and reads libtensorflow's version. */
-export function loadInChild(pkgPath: string, projectDir: string, env: NodeJS.ProcessEnv = process.env): LoadReport {
-  const script =
-    'const tf = require(process.argv[1]); const b = tf.backend();' +
-    "if (tf.getBackend() !== 'tensorflow') throw new Error('backend ' + tf.getBackend());" +
-    'process.stdout.write(JSON.stringify({ tfVersion: b.binding.TF_Version }));';
-  const r = spawnSync(process.execPath, ['-e', script, pkgPath], {
-    cwd: projectDir,
-    env: { ...env, TF_CPP_MIN_LOG_LEVEL: '2' },
-    encoding: 'utf8',
-    timeout: 120_000,
-  });
-  if (r.status === 0) {
-    try {
-      return { ok: true, tfVersion: JSON.parse(r.stdout).tfVersion };
-    } catch {
-      // fall through: unreadable output
-    }
-  }
-  const lines = `${r.stderr ?? ''}`.split('\n').filter((l) => /Error|error/.test(l));
-  return { ok: false, error: lines.slice(0, 3).join(' ').trim() || `exit code ${r.status}` };
-}
-
 export function readBuildInfo(pkgDir: string): TensorflowBuildInfo | undefined {
   try {
     return JSON.parse(readFileSync(join(pkgDir, BUILD_MARKER), 'utf8')) as TensorflowBuildInfo;
@@ -390,7 +362,7 @@ export async function setupTensorflow(opts: TensorflowSetupOptions = {}): Promis
 
   step(`checking ${pkg}`);
   if (existsSync(pkgDir) && !opts.force) {
-    const loaded = loadInChild(pkgDir, projectDir, env);
+    const loaded = probeTensorflowPackage(pkgDir, projectDir, env);
     if (loaded.ok && (!opts.tfVersion || opts.tfVersion === loaded.tfVersion)) {
       const info = readBuildInfo(pkgDir);
       log(
@@ -481,7 +453,7 @@ export async function setupTensorflow(opts: TensorflowSetupOptions = {}): Promis
     for (const d of readdirSync(stage)) if (d === 'build' || d.startsWith('build-tmp-')) rmSync(join(stage, d), { recursive: true, force: true });
 
     step('loading the addon in a child process');
-    const loaded = loadInChild(stage, projectDir, env);
+    const loaded = probeTensorflowPackage(stage, projectDir, env);
     if (!loaded.ok) throw new SetupError(`the built addon does not load: ${loaded.error}`);
     const info: TensorflowBuildInfo = { package: pkg, tfVersion: loaded.tfVersion!, wheel: wheelName, cudaLibDirs, builtAt: new Date().toISOString() };
     writeFileSync(join(stage, BUILD_MARKER), `${JSON.stringify(info, null, 2)}\n`);

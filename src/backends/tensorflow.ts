@@ -1,5 +1,6 @@
 /** Native TensorFlow: @tensorflow/tfjs-node-gpu (only with a CUDA GPU) or @tensorflow/tfjs-node. */
 import * as tf from '@tensorflow/tfjs-core';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
@@ -17,6 +18,53 @@ export function cudaGpus(): string[] {
   } catch {
     return [];
   }
+}
+
+/** A GPU as TensorFlow reports it when it creates the device. */
+export interface TensorflowGpu {
+  index: number;
+  name: string;
+  computeCapability: string;
+  memoryMB: number;
+  pciBusId: string;
+}
+
+/** The GPUs in TensorFlow's "Created device ... GPU:0 with N MB memory: -> device: 0, name: ..." log lines. */
+export function parseTensorflowGpus(log: string): TensorflowGpu[] {
+  const re = /device:GPU:(\d+) with (\d+) MB memory:\s*->\s*device: \d+, name: (.+?), pci bus id: ([^,]+), compute capability: ([\d.]+)/g;
+  return [...log.matchAll(re)].map((m) => ({ index: Number(m[1]), memoryMB: Number(m[2]), name: m[3], pciBusId: m[4], computeCapability: m[5] }));
+}
+
+export interface TensorflowPackageProbe {
+  ok: boolean;
+  tfVersion?: string;
+  /** the GPUs TensorFlow created devices for (tfjs-node-gpu) */
+  gpus: TensorflowGpu[];
+  error?: string;
+}
+
+/**
+ * Loads a tfjs-node package (a name, or the path of a copy) in a child process, runs one op and
+ * reads libtensorflow's version and the GPUs it set up; never loads anything into this process.
+ */
+export function probeTensorflowPackage(pkg: string, cwd: string = process.cwd(), env: NodeJS.ProcessEnv = process.env): TensorflowPackageProbe {
+  const script =
+    'const tf = require(process.argv[1]);' +
+    "if (tf.getBackend() !== 'tensorflow') throw new Error('backend ' + tf.getBackend());" +
+    'tf.add(tf.scalar(1), tf.scalar(1)).dataSync();' +
+    'process.stdout.write(JSON.stringify({ tfVersion: tf.backend().binding.TF_Version }));';
+  // INFO lines on: TensorFlow names the GPUs it creates devices for there
+  const r = spawnSync(process.execPath, ['-e', script, pkg], { cwd, env: { ...env, TF_CPP_MIN_LOG_LEVEL: '0' }, encoding: 'utf8', timeout: 120_000 });
+  const gpus = parseTensorflowGpus(r.stderr ?? '');
+  if (r.status === 0) {
+    try {
+      return { ok: true, tfVersion: JSON.parse(r.stdout).tfVersion, gpus };
+    } catch {
+      // fall through: unreadable output
+    }
+  }
+  const lines = `${r.stderr ?? ''}`.split('\n').filter((l) => /Error/.test(l));
+  return { ok: false, gpus, error: lines.slice(0, 2).join(' ').trim() || `exit code ${r.status}${r.error ? ` (${r.error.message})` : ''}` };
 }
 
 export const SETUP_HINT = 'npx medtune setup tensorflow';
