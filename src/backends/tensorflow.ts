@@ -114,6 +114,7 @@ export async function useTensorflowGpu(threads?: number): Promise<BackendChoice>
     throw new Error(`${pkg} is installed but failed to load: ${(err as Error).message}`);
   }
   loaded = pkg;
+  (await import('./tensorflow-kernels.js')).registerTensorflowKernels();
   await activate('tensorflow');
   return { backend: 'tensorflow', device: describe(pkg, `CUDA ${gpus.join(', ')}`) };
 }
@@ -138,6 +139,7 @@ export async function useTensorflowCpu(threads?: number): Promise<BackendChoice>
     throw new Error(`${pkg} is installed but failed to load (\`${SETUP_HINT} --force\` rebuilds it): ${(err as Error).message}`);
   }
   loaded = pkg;
+  (await import('./tensorflow-kernels.js')).registerTensorflowKernels();
   await activate('tensorflow');
   return { backend: 'tensorflow', device: describe(pkg, cpuDevice()) };
 }
