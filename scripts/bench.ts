@@ -185,7 +185,7 @@ function countDispatches(): { reset(): void; snapshot(): { kernels: Map<string, 
       kernels = new Map();
       if (tfOps) tfOps = new Map();
     },
-    snapshot: () => ({ kernels, tfOps }),
+    snapshot: () => ({ kernels: new Map(kernels), tfOps: tfOps && new Map(tfOps) }),
   };
 }
 

@@ -339,6 +339,57 @@ function copyPackageSources(from: string, to: string): void {
   }
 }
 
+/** Lays out deps/lib (libtensorflow under the names binding.gyp and install.js expect), deps/include and the CUDA libraries. */
+async function unpackLibraries(stage: string, wheel: string, cudaWheels: string[]): Promise<number> {
+  const wheelName = wheel.split('/').at(-1)!;
+  const lib = join(stage, 'deps', 'lib');
+  const include = join(stage, 'deps', 'include');
+  const members = await extractMembers(wheel, (name) => {
+    if (name === 'tensorflow/libtensorflow_cc.so.2' || name === 'tensorflow/libtensorflow_framework.so.2') return join(lib, name.slice('tensorflow/'.length));
+    if (name.startsWith('tensorflow/include/')) return join(include, name.slice('tensorflow/include/'.length));
+    return undefined;
+  });
+  for (const so of ['libtensorflow_cc.so.2', 'libtensorflow_framework.so.2']) {
+    if (!existsSync(join(lib, so))) throw new SetupError(`${wheelName} holds no tensorflow/${so}: this wheel layout is not supported`);
+  }
+  // binding.gyp links -ltensorflow -ltensorflow_framework; install.js skips its download when libtensorflow.so.2.9.1 exists
+  symlinkSync('libtensorflow_cc.so.2', join(lib, 'libtensorflow.so'));
+  symlinkSync('libtensorflow_cc.so.2', join(lib, 'libtensorflow.so.2.9.1'));
+  symlinkSync('libtensorflow_framework.so.2', join(lib, 'libtensorflow_framework.so'));
+  for (const w of cudaWheels) {
+    // the GPU wheel's libraries carry the rpath $ORIGIN/../nvidia/<lib>/lib (pip's site-packages layout): mirror it under deps/
+    await extractMembers(w, (name) => (/^nvidia\/[^/]+\/lib\/[^/]+$/.test(name) ? join(stage, 'deps', name) : undefined));
+  }
+  return members;
+}
+
+/** node-gyp through npm (npm supplies node-gyp and Node's headers); the headers and intermediates go afterwards. */
+function buildAddon(stage: string, pkg: string, tools: Tools, env: NodeJS.ProcessEnv): void {
+  const build = run(tools.npm, ['run', 'build-addon-from-source', '--foreground-scripts'], {
+    cwd: stage,
+    env: { ...env, npm_config_build_from_source: 'true' },
+  });
+  const addons = existsSync(join(stage, 'lib')) ? readdirSync(join(stage, 'lib')).filter((d) => existsSync(join(stage, 'lib', d, 'tfjs_binding.node'))) : [];
+  if (!build.ok || addons.length === 0) {
+    throw new SetupError(`building the ${pkg} addon failed:\n${build.out.trim().split('\n').slice(-25).join('\n')}`);
+  }
+  rmSync(join(stage, 'deps', 'include'), { recursive: true, force: true });
+  for (const d of readdirSync(stage)) if (d === 'build' || d.startsWith('build-tmp-')) rmSync(join(stage, d), { recursive: true, force: true });
+}
+
+/** Keeps lib/ and deps/ for the next setup of the same build; a cache that cannot be written only costs time. */
+function saveToCache(stage: string, cached: string, log: (line: string) => void): void {
+  const tmp = `${cached}.tmp-${process.pid}`;
+  try {
+    for (const d of ['lib', 'deps']) cpSync(join(stage, d), join(tmp, d), { recursive: true, verbatimSymlinks: true });
+    rmSync(cached, { recursive: true, force: true });
+    renameSync(tmp, cached);
+  } catch (err) {
+    rmSync(tmp, { recursive: true, force: true });
+    log(`  (could not keep the build in ${cached}: ${(err as Error).message})`);
+  }
+}
+
 /**
  * Builds the native backend (see the file's comment). Returns what was done; throws SetupError
  * with the reason and the remedy when it cannot.
@@ -389,7 +440,6 @@ export async function setupTensorflow(opts: TensorflowSetupOptions = {}): Promis
   const hadPackage = existsSync(pkgDir);
   let installed = false;
   try {
-    let cudaLibDirs: string[] = [];
     const cudaWheels: string[] = [];
     if (gpu) {
       const reqs = andCudaRequirements(await readWheelMetadata(wheel));
@@ -415,46 +465,29 @@ export async function setupTensorflow(opts: TensorflowSetupOptions = {}): Promis
     checkSingleEngine(pkgDir, projectDir);
     copyPackageSources(pkgDir, stage);
 
-    step(`unpacking libtensorflow and its headers from ${wheelName}`);
-    const lib = join(stage, 'deps', 'lib');
-    const include = join(stage, 'deps', 'include');
-    const members = await extractMembers(wheel, (name) => {
-      if (name === 'tensorflow/libtensorflow_cc.so.2' || name === 'tensorflow/libtensorflow_framework.so.2') return join(lib, name.slice('tensorflow/'.length));
-      if (name.startsWith('tensorflow/include/')) return join(include, name.slice('tensorflow/include/'.length));
-      return undefined;
-    });
-    for (const so of ['libtensorflow_cc.so.2', 'libtensorflow_framework.so.2']) {
-      if (!existsSync(join(lib, so))) throw new SetupError(`${wheelName} holds no tensorflow/${so}: this wheel layout is not supported`);
+    // a build of the same package, wheel and N-API version made before (CI reruns) is copied, not redone
+    const cached = join(cacheDir, 'builds', `${pkg.split('/')[1]}-${TFJS_NODE_VERSION}-napi${process.versions.napi}-${wheelName.replace(/\.whl$/, '')}`);
+    const fromCache = existsSync(join(cached, 'lib')) && existsSync(join(cached, 'deps'));
+    if (fromCache) {
+      step(`reusing the addon built before (${cached})`);
+      for (const d of ['lib', 'deps']) cpSync(join(cached, d), join(stage, d), { recursive: true, verbatimSymlinks: true });
+      n++;
+    } else {
+      step(`unpacking libtensorflow and its headers from ${wheelName}`);
+      log(`  ${await unpackLibraries(stage, wheel, cudaWheels)} files`);
+      step(`building the addon (node-gyp; about a minute)`);
+      buildAddon(stage, pkg, tools, env);
     }
-    log(`  ${members} files`);
-    // binding.gyp links -ltensorflow -ltensorflow_framework; install.js skips its download when libtensorflow.so.2.9.1 exists
-    symlinkSync('libtensorflow_cc.so.2', join(lib, 'libtensorflow.so'));
-    symlinkSync('libtensorflow_cc.so.2', join(lib, 'libtensorflow.so.2.9.1'));
-    symlinkSync('libtensorflow_framework.so.2', join(lib, 'libtensorflow_framework.so'));
-    for (const w of cudaWheels) {
-      // the GPU wheel's libraries carry the rpath $ORIGIN/../nvidia/<lib>/lib (pip's site-packages layout): mirror it under deps/
-      await extractMembers(w, (name) => (/^nvidia\/[^/]+\/lib\/[^/]+$/.test(name) ? join(stage, 'deps', name) : undefined));
-    }
-    if (cudaWheels.length) {
-      cudaLibDirs = readdirSync(join(stage, 'deps', 'nvidia')).map((d) => join('deps', 'nvidia', d, 'lib'));
-    }
-
-    step(`building the addon (node-gyp; about a minute)`);
-    const build = run(tools.npm, ['run', 'build-addon-from-source', '--foreground-scripts'], {
-      cwd: stage,
-      env: { ...env, npm_config_build_from_source: 'true' },
-    });
-    const addons = existsSync(join(stage, 'lib')) ? readdirSync(join(stage, 'lib')).filter((d) => existsSync(join(stage, 'lib', d, 'tfjs_binding.node'))) : [];
-    if (!build.ok || addons.length === 0) {
-      throw new SetupError(`building the ${pkg} addon failed:\n${build.out.trim().split('\n').slice(-25).join('\n')}`);
-    }
-    // the headers and node-gyp's intermediate files are needed only to build
-    rmSync(include, { recursive: true, force: true });
-    for (const d of readdirSync(stage)) if (d === 'build' || d.startsWith('build-tmp-')) rmSync(join(stage, d), { recursive: true, force: true });
+    const nvidia = join(stage, 'deps', 'nvidia');
+    const cudaLibDirs = existsSync(nvidia) ? readdirSync(nvidia).map((d) => join('deps', 'nvidia', d, 'lib')) : [];
 
     step('loading the addon in a child process');
     const loaded = probeTensorflowPackage(stage, projectDir, env);
-    if (!loaded.ok) throw new SetupError(`the built addon does not load: ${loaded.error}`);
+    if (!loaded.ok) {
+      if (fromCache) rmSync(cached, { recursive: true, force: true });
+      throw new SetupError(`the ${fromCache ? 'cached build of the ' : 'built '}addon does not load${fromCache ? ' (removed from the cache: run again to rebuild)' : ''}: ${loaded.error}`);
+    }
+    if (!fromCache) saveToCache(stage, cached, log);
     const info: TensorflowBuildInfo = { package: pkg, tfVersion: loaded.tfVersion!, wheel: wheelName, cudaLibDirs, builtAt: new Date().toISOString() };
     writeFileSync(join(stage, BUILD_MARKER), `${JSON.stringify(info, null, 2)}\n`);
 
