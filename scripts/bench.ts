@@ -18,8 +18,9 @@ import { initParams, toTfParams } from '../src/model/weights.js';
 import { benchOnnx } from '../src/onnx/bench.js';
 import { loadConfig } from '../src/train/config.js';
 import { train } from '../src/train/train.js';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, freemem, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const args = await yargs(hideBin(process.argv))
@@ -27,8 +28,9 @@ const args = await yargs(hideBin(process.argv))
   .option('sizes', { type: 'string', default: '256,512', describe: 'image sizes for the model timings' })
   .option('iters', { type: 'number', default: 2, describe: 'timed repetitions' })
   .option('warmup', { type: 'number', default: 1, describe: 'untimed repetitions first (kernels compiled, buffers allocated)' })
-  .option('only', { type: 'string', default: 'model,train,onnx,data', describe: 'sections to run: model,train,onnx,data' })
+  .option('only', { type: 'string', default: 'model,train,steps,onnx,data', describe: 'sections to run: model,train,steps,onnx,data' })
   .option('train-steps', { type: 'number', default: 3, describe: 'timed optimizer steps per training benchmark' })
+  .option('step-child', { type: 'string', hidden: true, describe: 'internal: one training-step figure (SIZExBATCH) in this process' })
   .strict()
   .parse();
 const sections = new Set(args.only.split(','));
@@ -67,20 +69,31 @@ function benchImagePath(size: number, iters: number): { forwardMs: number; train
  * img/s of real `medtune train` steps (data loading, forward, backward, AdamW) from a config, with
  * validation and checkpoints off; the first step (warm-up) is not timed.
  */
-async function benchTraining(configPath: string, overrides: string[], steps: number): Promise<number> {
+async function benchTraining(configPath: string, overrides: string[], steps: number, onStep?: (step: number) => void): Promise<number> {
   const runDir = mkdtempSync(join(tmpdir(), 'medtune-bench-'));
   const config = loadConfig(configPath, {
     overrides: [...overrides, `train.max_steps=${steps + 1}`, 'train.val_every=0', 'train.save_every=0', 'train.val_at_start=false', 'data.val=null'],
   });
   const stepEnds: number[] = [];
   try {
-    await train({ config, runDir, quiet: true, handleSignals: false, onStep: () => stepEnds.push(performance.now()) });
+    await train({
+      config,
+      runDir,
+      quiet: true,
+      handleSignals: false,
+      onStep: ({ step }) => {
+        stepEnds.push(performance.now());
+        onStep?.(step);
+      },
+    });
   } finally {
     rmSync(runDir, { recursive: true, force: true });
   }
   const seconds = (stepEnds[stepEnds.length - 1] - stepEnds[0]) / 1000;
   return (steps * config.train.batch_size * config.train.grad_accum) / seconds;
 }
+
+if (args['step-child']) await stepFigure(args['step-child']);
 
 const { backend, device } = await selectBackend(args.backend);
 console.log(`backend ${backend} (${device})`);
@@ -118,4 +131,130 @@ if (sections.has('data')) {
     const r = await measureLoaderThroughput({ files: 'data/ct-lesion-npz', imageSize, batchSize: 8, augment: true });
     console.log(`data pipeline @${imageSize} (real CT, augmented): ${r.samplesPerSec.toFixed(0)} samples/s`);
   }
+}
+
+if (sections.has('steps')) await benchTrainingSteps(backend);
+
+// ------------------------------------------------------------------------------------------
+// Training steps of sam2.1-tiny at 256/512 (batch 1 and 4) and 1024 (batch 1): img/s, peak RSS
+// and ops dispatched per step. Each figure runs in a fresh process (`--step-child`) so that its
+// peak RSS is its own.
+
+interface StepFigure {
+  size: number;
+  batch: number;
+  imgPerS: number;
+  peakRssMiB: number;
+  /** tfjs kernels run per step (forward, backward, optimizer) */
+  kernels: number;
+  /** TensorFlow eager ops per step (tensorflow backend only: its C API calls) */
+  tfOps?: number;
+  top: string;
+}
+
+/** Counts kernel dispatches through the engine and, on tensorflow, ops through the addon's executeOp. */
+function countDispatches(): { reset(): void; snapshot(): { kernels: Map<string, number>; tfOps?: Map<string, number> } } {
+  let kernels = new Map<string, number>();
+  let tfOps: Map<string, number> | undefined;
+  const bump = (m: Map<string, number>, k: string) => m.set(k, (m.get(k) ?? 0) + 1);
+  const engine = tf.engine() as unknown as { runKernel: (name: string, ...rest: unknown[]) => unknown };
+  const runKernel = engine.runKernel.bind(engine);
+  engine.runKernel = (name, ...rest) => {
+    bump(kernels, name);
+    return runKernel(name, ...rest);
+  };
+  const backend = tf.backend() as unknown as { binding?: Record<string, unknown> };
+  if (backend.binding) {
+    // the addon's functions are read-only: give the backend a binding whose executeOp counts
+    const native = backend.binding;
+    const counting: Record<string, unknown> = {};
+    for (const key of Object.getOwnPropertyNames(native)) {
+      const v = native[key];
+      counting[key] = typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(native) : v;
+    }
+    const executeOp = native.executeOp as (name: string, ...rest: unknown[]) => unknown;
+    counting.executeOp = (name: string, ...rest: unknown[]) => {
+      bump(tfOps!, name);
+      return executeOp.call(native, name, ...rest);
+    };
+    backend.binding = counting;
+    tfOps = new Map();
+  }
+  return {
+    reset() {
+      kernels = new Map();
+      if (tfOps) tfOps = new Map();
+    },
+    snapshot: () => ({ kernels: new Map(kernels), tfOps: tfOps && new Map(tfOps) }),
+  };
+}
+
+function sumOf(m: Map<string, number>): number {
+  return [...m.values()].reduce((a, b) => a + b, 0);
+}
+
+/** The child: one figure, printed as a JSON line. */
+async function stepFigure(spec: string): Promise<never> {
+  const [size, batch] = spec.split('x').map(Number);
+  await selectBackend(args.backend, { quiet: true });
+  const counter = countDispatches();
+  let counted: ReturnType<typeof counter.snapshot> | undefined;
+  const imgPerS = await benchTraining(
+    'configs/ct-lesion-small.yaml',
+    [`backend=${args.backend}`, 'model.config=null', `model.image_size=${size}`, `train.batch_size=${batch}`],
+    Math.max(args['train-steps'], 1),
+    // step 2 (the first timed one) is counted
+    (step) => (step === 1 ? counter.reset() : step === 2 ? (counted = counter.snapshot()) : undefined),
+  );
+  const ops = counted!.tfOps ?? counted!.kernels;
+  const top = [...ops.entries()].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, n]) => `${k} ${n}`).join(', ');
+  const figure: StepFigure = {
+    size,
+    batch,
+    imgPerS,
+    peakRssMiB: process.resourceUsage().maxRSS / 1024,
+    kernels: sumOf(counted!.kernels),
+    tfOps: counted!.tfOps && sumOf(counted!.tfOps),
+    top,
+  };
+  console.log(`STEP ${JSON.stringify(figure)}`);
+  process.exit(0);
+}
+
+function runStepFigure(backend: string, size: number, batch: number): StepFigure | string {
+  const r = spawnSync(process.execPath, [...process.execArgv, process.argv[1], '--backend', backend, '--step-child', `${size}x${batch}`, '--train-steps', String(args['train-steps'])], {
+    encoding: 'utf8',
+    maxBuffer: 16 << 20,
+  });
+  const line = r.stdout?.split('\n').find((l) => l.startsWith('STEP '));
+  if (line) return JSON.parse(line.slice(5)) as StepFigure;
+  const why = `${r.stderr ?? ''}${r.stdout ?? ''}`.split('\n').filter((l) => /error|abort|heap/i.test(l)).slice(0, 2).join(' ');
+  return `failed (${r.signal ? `killed by ${r.signal}` : `exit ${r.status}`}${why ? `: ${why.slice(0, 300)}` : ''})`;
+}
+
+async function benchTrainingSteps(backend: string): Promise<void> {
+  const gib = (mib: number) => (mib / 1024).toFixed(2);
+  const say = (size: number, batch: number, f: StepFigure | string) =>
+    console.log(
+      typeof f === 'string'
+        ? `training step, sam2.1-tiny @${size} batch ${batch}: ${f}`
+        : `training step, sam2.1-tiny @${size} batch ${batch}: ${f.imgPerS.toFixed(3)} img/s (${((1000 * batch) / f.imgPerS).toFixed(0)} ms/step), ` +
+            `peak RSS ${gib(f.peakRssMiB)} GiB, ${f.kernels} tfjs kernels${f.tfOps !== undefined ? ` / ${f.tfOps} TensorFlow ops` : ''} per step; most: ${f.top}`,
+    );
+  console.log(`training steps in fresh processes (${args['train-steps']} timed after 1 warm-up; load average ${loadavg().map((l) => l.toFixed(1)).join(' ')} on ${availableParallelism()} cores):`);
+  let rss512: number | undefined;
+  for (const size of [256, 512]) {
+    for (const batch of [1, 4]) {
+      const f = runStepFigure(backend, size, batch);
+      say(size, batch, f);
+      if (typeof f !== 'string' && size === 512 && batch === 1) rss512 = f.peakRssMiB;
+    }
+  }
+  // @1024 holds 4x the activations of @512: run it only where that fits in the memory free now
+  const needMiB = rss512 !== undefined ? 4 * rss512 : undefined;
+  const freeMiB = freemem() / 2 ** 20;
+  if (needMiB === undefined) console.log('training step, sam2.1-tiny @1024 batch 1: not run (no @512 figure to size it from)');
+  else if (needMiB > freeMiB) {
+    console.log(`training step, sam2.1-tiny @1024 batch 1: not run: needs about ${gib(needMiB)} GiB (4x the @512 peak RSS), ${gib(freeMiB)} GiB free here`);
+  } else say(1024, 1, runStepFigure(backend, 1024, 1));
 }

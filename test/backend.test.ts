@@ -3,7 +3,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs';
 import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
-import { selectBackend } from '../src/backend.js';
+import { autoOrder, selectBackend } from '../src/backend.js';
 
 const require = createRequire(import.meta.url);
 function installed(pkg: string): boolean {
@@ -30,6 +30,47 @@ function smallModel(): Float32Array[] {
   });
 }
 
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  expect(a.length).toBe(b.length);
+  let err = 0;
+  for (let i = 0; i < a.length; i++) err = Math.max(err, Math.abs(a[i] - b[i]));
+  return err;
+}
+
+describe('autoOrder', () => {
+  const ok = (value: string) => async () => ({ ok: true as const, value });
+  const no = (reason: string) => async () => ({ ok: false as const, reason });
+
+  it('takes the first candidate that works, says why the earlier ones were passed over', async () => {
+    const r = await autoOrder({ 'tensorflow-gpu': no('no NVIDIA GPU'), webgpu: no('only a software fallback adapter'), 'tensorflow-cpu': ok('tf'), wasm: ok('wasm') }, false);
+    expect(r).toEqual({
+      value: 'tf',
+      picked: 'tensorflow-cpu',
+      passedOver: ['tensorflow on a CUDA GPU: no NVIDIA GPU', 'WebGPU on a hardware adapter: only a software fallback adapter'],
+      hint: undefined,
+    });
+  });
+
+  it('does not try later candidates once one works', async () => {
+    const r = await autoOrder({ 'tensorflow-gpu': ok('gpu'), webgpu: () => Promise.reject(new Error('tried')), 'tensorflow-cpu': ok('tf'), wasm: ok('wasm') }, true);
+    expect(r.picked).toBe('tensorflow-gpu');
+    expect(r.hint).toBeUndefined();
+  });
+
+  it('says how to get a faster backend', async () => {
+    const wasm = await autoOrder({ 'tensorflow-gpu': no('a'), webgpu: no('b'), 'tensorflow-cpu': no('c'), wasm: ok('wasm') }, false);
+    expect(wasm.hint).toMatch(/npx medtune setup tensorflow`/);
+    const gpuUnused = await autoOrder({ 'tensorflow-gpu': no('not installed'), webgpu: no('b'), 'tensorflow-cpu': ok('tf'), wasm: ok('wasm') }, true);
+    expect(gpuUnused.hint).toMatch(/npx medtune setup tensorflow --gpu/);
+  });
+
+  it('fails naming every reason when nothing starts', async () => {
+    await expect(autoOrder({ 'tensorflow-gpu': no('a'), webgpu: no('b'), 'tensorflow-cpu': no('c'), wasm: no('d') }, false)).rejects.toThrow(
+      /no backend could start: tensorflow on a CUDA GPU: a; WebGPU on a hardware adapter: b; tensorflow on the CPU: c; wasm: d/,
+    );
+  });
+});
+
 describe('selectBackend', () => {
   it('cpu works', async () => {
     const choice = await selectBackend('cpu', { quiet: true });
@@ -39,12 +80,36 @@ describe('selectBackend', () => {
     expect(Array.from(tf.add(tf.tensor([1, 2]), 1).dataSync())).toEqual([2, 3]);
   });
 
-  it.skipIf(installed('@tensorflow/tfjs-node'))('tensorflow without @tensorflow/tfjs-node says how to install it', async () => {
-    await expect(selectBackend('tensorflow', { quiet: true })).rejects.toThrow(/npm install @tensorflow\/tfjs-node/);
+  const hasTfjsNode = installed('@tensorflow/tfjs-node');
+
+  it.skipIf(hasTfjsNode)('tensorflow without @tensorflow/tfjs-node says how to get it', async () => {
+    await expect(selectBackend('tensorflow', { quiet: true })).rejects.toThrow(/not installed: run `npx medtune setup tensorflow`/);
   });
 
-  it.skipIf(installed('@tensorflow/tfjs-node'))('auto falls back to cpu when native TensorFlow is absent', async () => {
-    expect((await selectBackend('auto', { quiet: true })).backend).toBe('cpu');
+  it.skipIf(!hasTfjsNode)('tensorflow with @tensorflow/tfjs-node matches cpu on a small model (and its conv gradients), in the project\'s engine', async () => {
+    await selectBackend('cpu', { quiet: true });
+    const ref = smallModel();
+    const choice = await selectBackend('tensorflow', { quiet: true });
+    // tfjs-node registered with the tfjs-core this file imports: one engine
+    expect(tf.getBackend()).toBe('tensorflow');
+    expect(choice.device).toMatch(/native TensorFlow \d+\.\d+\.\d+ \(tfjs-node(-gpu)?\), \d+ threads?/);
+    const ours = smallModel();
+    for (let k = 0; k < ref.length; k++) expect(maxAbsDiff(ours[k], ref[k]), `output ${k}`).toBeLessThan(1e-5);
+    await selectBackend('cpu', { quiet: true });
+  });
+
+  it('auto picks tensorflow on a CUDA GPU, then WebGPU on a hardware adapter, then tensorflow on the CPU, then wasm', async () => {
+    const { cudaGpus } = await import('../src/backends/tensorflow.js');
+    const { probeWebgpu } = await import('../src/backends/webgpu.js');
+    const probe = await probeWebgpu();
+    const hardwareWebgpu = probe.ok && !probe.adapter.isFallbackAdapter;
+    const gpuTf = cudaGpus().length > 0 && installed('@tensorflow/tfjs-node-gpu');
+    const expected = gpuTf ? 'tensorflow' : hardwareWebgpu ? 'webgpu' : hasTfjsNode ? 'tensorflow' : 'wasm';
+    const choice = await selectBackend('auto', { quiet: true });
+    expect(choice.backend).toBe(expected);
+    if (!gpuTf) expect(choice.device).toMatch(/auto: tensorflow on a CUDA GPU: (no NVIDIA GPU|@tensorflow\/tfjs-node-gpu is not installed)/);
+    if (expected === 'wasm') expect(choice.device).toMatch(/npx medtune setup tensorflow/);
+    await selectBackend('cpu', { quiet: true });
   });
 
   it('wasm selection works and matches cpu on a small model (and its conv gradients)', async () => {
@@ -55,12 +120,7 @@ describe('selectBackend', () => {
     expect(tf.getBackend()).toBe('wasm');
     expect(choice.device).toMatch(/WebAssembly/);
     const ours = smallModel();
-    for (let k = 0; k < ref.length; k++) {
-      expect(ours[k].length).toBe(ref[k].length);
-      let err = 0;
-      for (let i = 0; i < ref[k].length; i++) err = Math.max(err, Math.abs(ours[k][i] - ref[k][i]));
-      expect(err, `output ${k}`).toBeLessThan(1e-5);
-    }
+    for (let k = 0; k < ref.length; k++) expect(maxAbsDiff(ours[k], ref[k]), `output ${k}`).toBeLessThan(1e-5);
     await selectBackend('cpu', { quiet: true });
   });
 

@@ -61,7 +61,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const { config, runDir } = opts;
   const t = config.train;
   const say = (msg: string) => !opts.quiet && console.log(msg);
-  await selectBackend(config.backend, { quiet: opts.quiet });
+  await selectBackend(config.backend, { quiet: opts.quiet, threads: config.backend_threads ?? undefined });
   mkdirSync(runDir, { recursive: true });
   const configYaml = configToYaml(config);
   writeFileSync(join(runDir, 'config.yaml'), configYaml);
