@@ -102,23 +102,24 @@ export async function runGoldenCheck(
   const params = toTfParams(fromSafetensors, { trainable: isTrainable });
   const ops = new TfOps(params);
   const image = tf.tidy(() => tf.transpose(tf.tensor(inputs.image.data as Float32Array, inputs.image.shape), [0, 2, 3, 1]));
-  const box = tf.tensor(inputs.box.data as Float32Array, inputs.box.shape);
+  const box = inputs.box;
+  // a fresh tensor per use: predictFromBoxes validates the box values, which a backend that keeps
+  // tensors on the GPU (webgpu) has only until the tensor's first upload
+  const boxTensor = () => tf.tensor(box.data as Float32Array, box.shape);
   const gt = tf.tidy(() => tf.transpose(tf.tensor(inputs.gt.data as Float32Array, inputs.gt.shape), [0, 2, 3, 1]));
-  const checkForward = (name: string, ours: tf.Tensor, channelsLast: boolean) => {
+  const checkForward = async (name: string, ours: tf.Tensor) => {
     const ref: NpyArray | undefined = expected[name];
     if (!ref) return;
-    const t = channelsLast ? nchw(ours) : ours;
-    if (t.shape.join() !== ref.shape.join()) fail(name, `shape [${t.shape}] vs reference [${ref.shape}]`);
-    else record(name, maxRelError(t.dataSync() as Float32Array, ref.data as Float32Array), FORWARD_TOL, 'rel max err');
-    if (t !== ours) t.dispose();
+    if (ours.shape.join() !== ref.shape.join()) fail(name, `shape [${ours.shape}] vs reference [${ref.shape}]`);
+    else record(name, maxRelError((await ours.data()) as Float32Array, ref.data as Float32Array), FORWARD_TOL, 'rel max err');
   };
 
   // --- forward -------------------------------------------------------------------------------
-  const seen = new Set<string>();
+  // computed in one tidy, read back afterwards (readback is asynchronous on WebGPU)
+  const forward = new Map<string, tf.Tensor>();
   // feature maps are channels-last here, NCHW in the reference; mask logits are (B, M, H, W) in both
   const check = (name: string, t: tf.Tensor, channelsLast = true) => {
-    seen.add(name);
-    checkForward(name, t, channelsLast);
+    forward.set(name, tf.keep(channelsLast ? nchw(t) : t));
   };
   tf.tidy(() => {
     const trunk = model.imageEncoder.trunk.forward(ops, image);
@@ -136,7 +137,7 @@ export async function runGoldenCheck(
     check('image_embed', imageEmbed);
     highRes.forEach((t, i) => check(`high_res.${i}`, t));
     const b = box.shape[0];
-    const coords = tf.reshape(box, [b, 2, 2]);
+    const coords = tf.reshape(boxTensor(), [b, 2, 2]);
     const labels = tf.tensor(Array.from({ length: b }, () => [2, 3]).flat(), [b, 2]);
     const { sparse, dense } = model.promptEncoder.forward(ops, { points: { coords, labels } });
     const densePe = model.promptEncoder.densePe(ops);
@@ -150,18 +151,20 @@ export async function runGoldenCheck(
       check(`${prefix}.tokens`, out.samTokensOut);
       check(`${prefix}.obj`, out.objectScoreLogits);
     }
-    const logits = tf.reshape(model.predictFromBoxes(ops, image, box).masks, gt.shape);
+    const logits = tf.reshape(model.predictFromBoxes(ops, image, boxTensor()).masks, gt.shape);
     check('loss.dice', diceLoss(logits, gt));
     check('loss.bce', bceWithLogits(logits, gt));
   });
-  for (const name of Object.keys(expected)) if (!seen.has(name)) fail(name, 'reference tensor this check does not compute');
+  for (const [name, t] of forward) await checkForward(name, t);
+  tf.dispose([...forward.values()]);
+  for (const name of Object.keys(expected)) if (!forward.has(name)) fail(name, 'reference tensor this check does not compute');
 
   // the .pt weights give the same masks
   if (fromPt) {
     const ptParams = toTfParams(fromPt, { trainable: () => false });
-    const masks = tf.tidy(() => model.predictFromBoxes(new TfOps(ptParams), image, box).masks);
+    const masks = tf.tidy(() => model.predictFromBoxes(new TfOps(ptParams), image, boxTensor()).masks);
     const ref = expected['single.masks'];
-    record('single.masks with weights.pt', maxRelError(masks.dataSync() as Float32Array, ref.data as Float32Array), FORWARD_TOL, 'rel max err');
+    record('single.masks with weights.pt', maxRelError((await masks.data()) as Float32Array, ref.data as Float32Array), FORWARD_TOL, 'rel max err');
     tf.dispose([masks, ...ptParams.values()]);
   }
 
@@ -170,7 +173,7 @@ export async function runGoldenCheck(
   const trainable = [...params].filter(([, v]) => v.trainable);
   const keyOf = new Map(trainable.map(([k, v]) => [v.name, k]));
   const { value, grads } = tf.variableGrads(() => {
-    const logits = tf.reshape(model.predictFromBoxes(ops, image, box).masks, gt.shape);
+    const logits = tf.reshape(model.predictFromBoxes(ops, image, boxTensor()).masks, gt.shape);
     return tf.add(diceLoss(logits, gt), bceWithLogits(logits, gt)) as tf.Scalar;
   }, trainable.map(([, v]) => v));
   value.dispose();
@@ -181,7 +184,7 @@ export async function runGoldenCheck(
       fail(`grad ${k}`, 'no gradient here, the reference has one');
       continue;
     }
-    const o = g.dataSync();
+    const o = await g.data();
     let diff = 0;
     let norm = 0;
     for (let i = 0; i < ref.data.length; i++) {
@@ -211,7 +214,7 @@ export async function runGoldenCheck(
         fail(`adamw ${k}`, 'not a trainable parameter here');
         continue;
       }
-      const o = v.dataSync();
+      const o = await v.data();
       let err = 0;
       for (let i = 0; i < ref.data.length; i++) err = Math.max(err, Math.abs(o[i] - ref.data[i]));
       record(`adamw ${k}`, err, ADAMW_TOL, 'max abs err');
@@ -237,7 +240,7 @@ export async function runGoldenCheck(
     }
   }
 
-  tf.dispose([image, box, gt, ...params.values()]);
+  tf.dispose([image, gt, ...params.values()]);
   const passed = lines.filter((l) => l.ok).length;
   const failed = lines.length - passed;
   log(`${passed} passed, ${failed} failed`);

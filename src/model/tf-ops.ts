@@ -121,7 +121,7 @@ const ATTENTION_CHUNK_BYTES = 256 * 1024 * 1024;
 export class TfOps implements Ops<tf.Tensor> {
   constructor(
     private readonly params: ReadonlyMap<string, tf.Tensor>,
-    private readonly attentionChunkBytes = ATTENTION_CHUNK_BYTES,
+    private readonly attentionChunkBytes = Math.min(ATTENTION_CHUNK_BYTES, Number(tf.env().getFlags().MEDTUNE_MAX_BINDING_BYTES ?? Infinity)),
   ) {}
 
   param(name: string): tf.Tensor {

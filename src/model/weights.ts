@@ -185,12 +185,12 @@ export function toTfParams(sd: StateDict, opts: { trainable?: (name: string) => 
 }
 
 /** Download tensors (variables or not) to host float32 arrays. */
-export function fromTfParams(params: ReadonlyMap<string, tf.Tensor>): StateDict {
+export async function fromTfParams(params: ReadonlyMap<string, tf.Tensor>): Promise<StateDict> {
   const out: StateDict = new Map();
   for (const [name, t] of params) {
     if (t.dtype !== 'float32') throw new Error(`parameter '${name}' is ${t.dtype}, expected float32`);
-    const data = t.dataSync() as Float32Array;
-    // dataSync may hand out the backend's own buffer: copy so the result never aliases it
+    const data = (await t.data()) as Float32Array;
+    // data() may hand out the backend's own buffer: copy so the result never aliases it
     out.set(name, { data: Float32Array.from(data), shape: [...t.shape] });
   }
   return out;

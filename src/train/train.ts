@@ -221,7 +221,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     process.on('SIGTERM', onSignal);
   }
 
-  const save = (names: string[]) => {
+  const save = async (names: string[]) => {
     const state: TrainState = {
       step,
       epoch: Number((loader.state() as { epoch?: number }).epoch ?? 0),
@@ -230,17 +230,17 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       skippedSamples: loader.skipped(),
       samplesSeen,
     };
-    saveCheckpoint(runDir, { model: fromTfParams(params), optimizer: optimizer.exportState(), state, configYaml }, names, t.keep_last);
+    saveCheckpoint(runDir, { model: await fromTfParams(params), optimizer: await optimizer.exportState(), state, configYaml }, names, t.keep_last);
   };
 
   /** Mean thresholded Dice over the validation set, and an overlay of its first sample. */
-  const validate = () => {
+  const validate = async () => {
     let sum = 0;
     let overlay: ReturnType<typeof renderOverlay> | undefined;
     for (const [i, b] of valSet.entries()) {
       const x = batchTensors(b);
       const logits = tf.tidy(() => logitsNhwc(model.predictFromBoxes(ops, x.images, x.boxes).masks));
-      sum += diceScores(logits, x.masks).reduce((a, v) => a + v, 0);
+      sum += (await diceScores(logits, x.masks)).reduce((a, v) => a + v, 0);
       if (i === 0) {
         const m = b.maskSize;
         const pred = tf.tidy(() => tf.slice(logits, [0, 0, 0, 0], [1, m, m, 1]));
@@ -248,7 +248,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
           image: b.images.subarray(0, b.imageSize * b.imageSize * 3),
           imageSize: b.imageSize,
           gt: b.masks.subarray(0, m * m),
-          pred: pred.dataSync() as Float32Array,
+          pred: (await pred.data()) as Float32Array,
           maskSize: m,
           box: b.boxes.subarray(0, 4),
         });
@@ -260,7 +260,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   };
 
   if (valSet.length > 0 && t.val_at_start && step === 0) {
-    const v = validate();
+    const v = await validate();
     result.valDice.push({ step, dice: v.dice });
     log.val(step, v.dice, v.overlay);
     log.message(`step 0: val Dice ${v.dice.toFixed(4)} (before training)`);
@@ -285,7 +285,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
           terms = [tf.keep(l.dice), tf.keep(l.bce)];
           return l.loss;
         }, trainVars);
-        const [lv, dv, bv] = [value, ...terms].map((s) => s.dataSync()[0]);
+        const [lv, dv, bv] = (await Promise.all([value, ...terms].map((s) => s.data()))).map((d) => d[0]);
         tf.dispose([value, ...terms, x.images, x.boxes, x.masks]);
         accumulator.add(new Map(Object.entries(grads).map(([name, g]) => [keyOfVar.get(name)!, g])));
         loss += lv / t.grad_accum;
@@ -294,7 +294,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         samplesSeen += batch.batchSize;
       }
       const raw = accumulator.take();
-      const { grads, norm } = clipGradNorm(raw, t.grad_clip ?? undefined);
+      const { grads, norm } = await clipGradNorm(raw, t.grad_clip ?? undefined);
       if (!Number.isFinite(loss) || !Number.isFinite(norm)) {
         tf.dispose([...raw.values(), ...grads.values()]);
         throw new NonFiniteLossError(
@@ -318,7 +318,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       const stopping = stopRequested || (opts.stopAfterStep !== undefined && step >= opts.stopAfterStep);
       const names: string[] = [];
       if (valSet.length > 0 && ((t.val_every > 0 && step % t.val_every === 0) || last)) {
-        const v = validate();
+        const v = await validate();
         result.valDice.push({ step, dice: v.dice });
         log.val(step, v.dice, v.overlay);
         const better = bestValDice === null || v.dice > bestValDice;
@@ -332,7 +332,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       if (t.save_every > 0 && step % t.save_every === 0) names.push(stepName(step));
       if (names.length > 0 || last || stopping) {
         names.push('latest');
-        save(names);
+        await save(names);
         lastTime = performance.now();
       }
       if (stopping && !last) {
