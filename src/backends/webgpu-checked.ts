@@ -57,17 +57,22 @@ type GpuDevice = ConstructorParameters<typeof WebGPUBackend>[0];
 
 export class CheckedWebGPUBackend extends WebGPUBackend {
   private pendingScopes: Promise<void>[] = [];
+  /** errors of our programs' scopes: they name the op */
   private errors: string[] = [];
+  /** errors outside them (queue submission, a lost device), often consequences of the above */
+  private uncaptured: string[] = [];
   private released = false;
+  /** programs dispatched and bytes of their outputs, since creation (for the bench) */
+  readonly counters = { dispatches: 0, bytesWritten: 0 };
 
   constructor(device: GpuDevice, adapterInfo?: ConstructorParameters<typeof WebGPUBackend>[1]) {
     super(device, adapterInfo);
     device.addEventListener('uncapturederror', (event) => {
       const error = (event as unknown as { error: ErrorLike }).error;
-      this.errors.push(`${error.constructor.name} outside any tfjs program: ${error.message}`);
+      this.uncaptured.push(`${error.constructor.name} outside any tfjs program: ${error.message}`);
     });
     void device.lost.then((info) => {
-      if (!this.released) this.errors.push(`the WebGPU device was lost (${info.reason}): ${info.message}`);
+      if (!this.released) this.uncaptured.push(`the WebGPU device was lost (${info.reason}): ${info.message}`);
     });
   }
 
@@ -81,7 +86,10 @@ export class CheckedWebGPUBackend extends WebGPUBackend {
     this.device.pushErrorScope('out-of-memory');
     this.device.pushErrorScope('validation');
     try {
-      return super.runWebGPUProgram(program, inputs, outputDtype, programDefinedUniform, output);
+      const out = super.runWebGPUProgram(program, inputs, outputDtype, programDefinedUniform, output);
+      this.counters.dispatches++;
+      this.counters.bytesWritten += 4 * out.shape.reduce((n, d) => n * d, 1);
+      return out;
     } finally {
       const p = program as unknown as ProgramLike;
       const where = `${currentKernel || 'a kernel'}: ${p.constructor.name} (inputs ${describeInputs(inputs) || 'none'}, output [${p.outputShape}])`;
@@ -101,14 +109,26 @@ export class CheckedWebGPUBackend extends WebGPUBackend {
 
   /** Throws a WebgpuError if any GPU work submitted so far reported an error. */
   async checkErrors(): Promise<void> {
+    await this.settleScopes();
+    if (this.errors.length === 0 && this.uncaptured.length === 0) return;
+    // a failed program may still sit in the open command encoder: submit and wait for it, so its
+    // consequences are reported now with their cause, not at the next readback
+    this.endComputePassEncoder();
+    (this as unknown as { commandEncoder: unknown }).commandEncoder ??= this.device.createCommandEncoder();
+    this.submitQueue();
+    await this.queue.onSubmittedWorkDone();
+    await this.settleScopes();
+    const errors = [...this.errors, ...this.uncaptured];
+    this.errors = [];
+    this.uncaptured = [];
+    const more = errors.length > 1 ? `\n(and ${errors.length - 1} more GPU error(s) after it)` : '';
+    throw new WebgpuError(`WebGPU error: ${errors[0]}${more}`);
+  }
+
+  private async settleScopes(): Promise<void> {
     const scopes = this.pendingScopes;
     this.pendingScopes = [];
     await Promise.all(scopes);
-    if (this.errors.length === 0) return;
-    const errors = this.errors;
-    this.errors = [];
-    const more = errors.length > 1 ? `\n(and ${errors.length - 1} more GPU error(s) after it)` : '';
-    throw new WebgpuError(`WebGPU error: ${errors[0]}${more}`);
   }
 
   override async read(dataId: object): ReturnType<WebGPUBackend['read']> {
