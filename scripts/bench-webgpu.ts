@@ -1,18 +1,19 @@
 /**
  * The webgpu section of `npm run bench -- --backend webgpu --only webgpu` (also runs on another
  * backend, for comparison): the demo model
- * (configs/demo.yaml: reduced SAM2.1 @128) at a batch, forward and forward+backward img/s with
- * asynchronous readback, programs dispatched and bytes written per step, and GPU time by op class
+ * (configs/demo.yaml: reduced SAM2.1 @128) or a preset at a size and batch, forward and training-step
+ * (forward+backward+AdamW) img/s with asynchronous readback, peak GPU buffers, programs dispatched and bytes written per step, and GPU time by op class
  * from one profiled forward+backward (timestamp queries through tf.profile).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { CheckedWebGPUBackend } from '../src/backends/webgpu-checked.js';
-import { resolveModelChoice } from '../src/model/config.js';
+import { resolveModelChoice, type ModelChoice } from '../src/model/config.js';
 import { SAM2Base } from '../src/model/sam2.js';
 import { TfOps } from '../src/model/tf-ops.js';
 import { initParams, toTfParams } from '../src/model/weights.js';
 import { loadConfig } from '../src/train/config.js';
 import { segmentationLoss } from '../src/train/loss.js';
+import { AdamW, buildParamGroups } from '../src/train/optimizer.js';
 
 /** Op classes for the time breakdown, by tfjs kernel name. */
 const OP_CLASSES: Array<[string, RegExp]> = [
@@ -28,16 +29,31 @@ function opClass(kernel: string): string {
   return OP_CLASSES.find(([, re]) => re.test(kernel))![0];
 }
 
-export async function benchWebgpu(opts: { batch: number; iters: number; warmup: number; log: (line: string) => void }): Promise<void> {
+export interface WebgpuBenchOptions {
+  /** 'demo' (configs/demo.yaml's model) or a preset such as 'sam2.1-tiny' */
+  model: string;
+  /** input size (default: the model's) */
+  size?: number;
+  batch: number;
+  iters: number;
+  warmup: number;
+  log: (line: string) => void;
+}
+
+export async function benchWebgpu(opts: WebgpuBenchOptions): Promise<void> {
   // on another backend (the wasm comparison) only the img/s and the profile's wall times are reported
   const counters = (tf.backend() as Partial<CheckedWebGPUBackend>).counters ?? { dispatches: NaN, bytesWritten: NaN };
-  const config = loadConfig('configs/demo.yaml');
-  const model = new SAM2Base(resolveModelChoice(config.model));
+  const choice: ModelChoice = opts.model === 'demo' ? loadConfig('configs/demo.yaml').model : { preset: opts.model };
+  const model = new SAM2Base(resolveModelChoice({ ...choice, image_size: opts.size ?? choice.image_size }));
   const size = model.config.image_size;
+  // what medtune trains: image encoder and mask decoder
   const params = toTfParams(initParams(model.paramSpecs(), 0), {
-    trainable: (name) => config.model.trainable.some((p) => name.startsWith(`${p}.`)),
+    trainable: (name) => name.startsWith('image_encoder.') || name.startsWith('sam_mask_decoder.'),
   });
-  const trainable = [...params.values()].filter((v) => v.trainable);
+  const trainableParams = new Map([...params].filter(([, v]) => v.trainable));
+  const trainable = [...trainableParams.values()];
+  const keyOfVar = new Map([...trainableParams].map(([k, v]) => [v.name, k]));
+  const optimizer = new AdamW(trainableParams, buildParamGroups(trainableParams, { lr: 1e-5, weightDecay: 0.01 }));
   const ops = new TfOps(params);
   const B = opts.batch;
   const image = tf.randomNormal([B, size, size, 3], 0, 1, 'float32', 1);
@@ -57,8 +73,10 @@ export async function benchWebgpu(opts: { batch: number; iters: number; warmup: 
       tf.dispose([l.dice, l.bce]);
       return l.loss;
     }, trainable);
-    // every gradient is read back, as the optimizer step would wait for them
-    await Promise.all([value, ...Object.values(grads)].map((t) => t.data()));
+    await value.data();
+    optimizer.step(new Map(Object.entries(grads).map(([name, g]) => [keyOfVar.get(name)!, g])));
+    // the step is done when the updated weights are
+    await trainable[trainable.length - 1].data();
     tf.dispose([value, ...Object.values(grads)]);
   };
   const timed = async (fn: () => Promise<void>) => {
@@ -76,11 +94,13 @@ export async function benchWebgpu(opts: { batch: number; iters: number; warmup: 
   };
   const line = (what: string, r: Awaited<ReturnType<typeof timed>>) =>
     opts.log(
-      `${tf.getBackend()} demo model @${size} batch ${B}, ${what}: ${r.imgPerSec.toFixed(2)} img/s (${r.ms.toFixed(0)} ms/step), ` +
+      `${tf.getBackend()} ${opts.model} @${size} batch ${B}, ${what}: ${r.imgPerSec.toFixed(2)} img/s (${r.ms.toFixed(0)} ms/step), ` +
         `${r.dispatches.toFixed(0)} dispatches, ${r.mib.toFixed(0)} MiB written per step`,
     );
   line('forward', await timed(forward));
-  line('forward+backward', await timed(trainStep));
+  line('training step (forward+backward+AdamW)', await timed(trainStep));
+  const gpuBytes = (tf.memory() as { numBytesAllocatedInGPU?: number }).numBytesAllocatedInGPU;
+  if (gpuBytes !== undefined) opts.log(`GPU buffers allocated (tfjs pool, the peak): ${(gpuBytes / 2 ** 30).toFixed(2)} GiB`);
 
   const profile = await tf.profile(trainStep);
   const byClass = new Map<string, { ms: number; n: number }>();
@@ -104,5 +124,6 @@ export async function benchWebgpu(opts: { batch: number; iters: number; warmup: 
   for (const [name, e] of [...byKernel].sort((a, b) => b[1].ms - a[1].ms).slice(0, 12)) {
     opts.log(`  ${name.padEnd(28)} ${e.ms.toFixed(1).padStart(9)} ms  ${e.n} calls`);
   }
+  optimizer.dispose();
   tf.dispose([image, target, ...params.values()]);
 }

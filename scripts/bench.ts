@@ -32,6 +32,8 @@ const args = await yargs(hideBin(process.argv))
   .option('only', { type: 'string', default: 'model,train,onnx,data', describe: 'sections to run: model,train,onnx,data,webgpu' })
   .option('train-steps', { type: 'number', default: 3, describe: 'timed optimizer steps per training benchmark' })
   .option('batch', { type: 'number', default: 8, describe: 'batch of the webgpu section (the demo trains at 8)' })
+  .option('webgpu-model', { type: 'string', default: 'demo', describe: "webgpu section's model: demo or a preset (sam2.1-tiny)" })
+  .option('webgpu-size', { type: 'number', describe: "webgpu section's input size (default: the model's)" })
   .strict()
   .parse();
 const sections = new Set(args.only.split(','));
@@ -113,7 +115,14 @@ if (sections.has('train')) {
 
 if (sections.has('webgpu')) {
   const { benchWebgpu } = await import('./bench-webgpu.js');
-  await benchWebgpu({ batch: args.batch, iters: args.iters, warmup: args.warmup, log: (line) => console.log(line) });
+  await benchWebgpu({
+    model: args['webgpu-model'],
+    size: args['webgpu-size'],
+    batch: args.batch,
+    iters: args.iters,
+    warmup: args.warmup,
+    log: (line) => console.log(line),
+  });
 }
 
 if (sections.has('onnx')) {
