@@ -8,6 +8,8 @@ import { hideBin } from 'yargs/helpers';
 import { selectBackend } from '../src/backend.js';
 import { benchWebgpu } from './bench-webgpu.js';
 
+// no top-level await: this file is bundled to CommonJS
+async function main(): Promise<void> {
 const args = await yargs(hideBin(process.argv))
   .option('model', { type: 'string', default: 'sam2.1-tiny' })
   .option('size', { type: 'number', default: 1024 })
@@ -19,3 +21,9 @@ const args = await yargs(hideBin(process.argv))
 const { device } = await selectBackend('webgpu');
 console.log(`webgpu on ${device}`);
 await benchWebgpu({ ...args, log: (line) => console.log(line) });
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -18,10 +18,12 @@ case "${1:-}" in
     bash ../shared/gpu/prepare.sh
     # tfjs-core once (module entry points; see ../shared/gpu/README.md), Dawn loaded from the bundle
     npx esbuild scripts/gpu-bench.ts --bundle --platform=node --format=cjs --main-fields=module,main \
-      --external:webgpu --outfile=$B/gpu-bench.cjs --log-level=warning
+      --external:webgpu --outfile=$B/gpu-bench.cjs --log-level=error \
+      --banner:js="const __importMetaUrl = require('url').pathToFileURL(__filename).href;" --define:import.meta.url=__importMetaUrl
     mkdir -p $B/node_modules/webgpu
     echo '{"name":"webgpu","main":"index.cjs"}' > $B/node_modules/webgpu/package.json
-    echo 'module.exports = require(require("path").join(__dirname, "..", "..", "dawn.node"));' > $B/node_modules/webgpu/index.cjs
+    echo 'const dawn = require(require("path").join(__dirname, "..", "..", "dawn.node")); exports.create = dawn.create; exports.globals = dawn.globals;' \
+      > $B/node_modules/webgpu/index.cjs
     mkdir -p .gpu-anchor
     grep -qx "/.gpu-anchor/" .git/info/exclude 2>/dev/null || echo "/.gpu-anchor/" >> "$(git rev-parse --git-path info/exclude)"
     cp -r ../shared/gpu/anchor/. .gpu-anchor/
