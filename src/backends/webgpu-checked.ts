@@ -121,6 +121,8 @@ export class CheckedWebGPUBackend extends WebGPUBackend {
     const errors = [...this.errors, ...this.uncaptured];
     this.errors = [];
     this.uncaptured = [];
+    // a concurrent readback (Promise.all of several) took and threw them while this one waited
+    if (errors.length === 0) return;
     const more = errors.length > 1 ? `\n(and ${errors.length - 1} more GPU error(s) after it)` : '';
     throw new WebgpuError(`WebGPU error: ${errors[0]}${more}`);
   }

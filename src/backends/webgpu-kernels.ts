@@ -2,10 +2,12 @@
  * Kernels medtune registers for the 'webgpu' backend over tfjs's own. One shader may bind at most
  * `maxStorageBuffersPerShaderStage` storage buffers (8 by default, 16 on lavapipe): tfjs's AddN binds
  * one per input, so an addN over more tensors (the ~281 gradient norms of clipGradNorm) is summed
- * here in chunks. (Concat, and Pack through it, chunk already in tfjs.)
+ * here in chunks. (Concat, and Pack through it, chunk already in tfjs.) Also the fused LayerNorm
+ * (webgpu-layer-norm.ts).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import { registerLayerNormKernels } from './webgpu-layer-norm.js';
 
 /** tfjs's kernels that ours replaced, by kernel name. */
 const tfjsKernels = new Map<string, tf.KernelConfig>();
@@ -46,4 +48,5 @@ function chunkedAddN(args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo {
 /** Registers medtune's webgpu kernels; idempotent. */
 export function registerWebgpuKernels(): void {
   replaceKernel(tf.AddN, chunkedAddN);
+  registerLayerNormKernels();
 }

@@ -4,6 +4,7 @@ import '@tensorflow/tfjs';
 import { registerFastKernels } from '../backends/fast-kernels.js';
 import { xnnBatchMatMul3d, xnnBatchMatMulAvailable } from '../backends/wasm-batch-matmul.js';
 import type { Conv2dOptions, Ops } from './ops.js';
+import { fusedLayerNorm, hasFusedLayerNorm } from './fused-layer-norm.js';
 
 // faster (and, for two gradients, corrected) cpu / wasm kernels: see backends/fast-kernels.ts
 registerFastKernels();
@@ -227,6 +228,7 @@ export class TfOps implements Ops<tf.Tensor> {
     });
   }
   layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number) {
+    if (hasFusedLayerNorm()) return fusedLayerNorm(x, weight, bias, eps);
     return tf.tidy(() => {
       const { mean, variance } = tf.moments(x, -1, true);
       const normed = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
