@@ -94,8 +94,8 @@ export async function benchWebgpu(opts: WebgpuBenchOptions): Promise<void> {
   };
   const line = (what: string, r: Awaited<ReturnType<typeof timed>>) =>
     opts.log(
-      `${tf.getBackend()} ${opts.model} @${size} batch ${B}, ${what}: ${r.imgPerSec.toFixed(2)} img/s (${r.ms.toFixed(0)} ms/step), ` +
-        `${r.dispatches.toFixed(0)} dispatches, ${r.mib.toFixed(0)} MiB written per step`,
+      `${tf.getBackend()} ${opts.model} @${size} batch ${B}, ${what}: ${r.imgPerSec.toPrecision(3)} img/s (${r.ms.toFixed(0)} ms/step)` +
+        (Number.isNaN(r.dispatches) ? '' : `, ${r.dispatches.toFixed(0)} dispatches, ${r.mib.toFixed(0)} MiB written per step`),
     );
   line('forward', await timed(forward));
   line('training step (forward+backward+AdamW)', await timed(trainStep));
