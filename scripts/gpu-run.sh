@@ -11,7 +11,7 @@
 #
 # The device command: bash scripts/gpu-run.sh device   (carry: [".gpu-bundle", ".gpu-anchor"], timeout 600)
 set -euo pipefail
-cd "$(git rev-parse --show-toplevel 2>/dev/null || dirname "$0")/.." 2>/dev/null || cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.."
 B=.gpu-bundle
 case "${1:-}" in
   prepare)
