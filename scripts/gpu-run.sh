@@ -25,7 +25,8 @@ case "${1:-}" in
     echo 'const dawn = require(require("path").join(__dirname, "..", "..", "dawn.node")); exports.create = dawn.create; exports.globals = dawn.globals;' \
       > $B/node_modules/webgpu/index.cjs
     mkdir -p .gpu-anchor
-    grep -qx "/.gpu-anchor/" .git/info/exclude 2>/dev/null || echo "/.gpu-anchor/" >> "$(git rev-parse --git-path info/exclude)"
+    exclude=$(git rev-parse --git-path info/exclude)
+    grep -qx "/.gpu-anchor/" "$exclude" 2>/dev/null || echo "/.gpu-anchor/" >> "$exclude"
     cp -r ../shared/gpu/anchor/. .gpu-anchor/
     [ -d .gpu-anchor/sam2 ] || echo "gpu-run: put the official sam2 package in .gpu-anchor/sam2 for the PyTorch anchor (see ../shared/gpu/anchor/README.md)" >&2
     du -sh $B .gpu-anchor
