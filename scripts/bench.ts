@@ -5,6 +5,8 @@
  * forward and forward+backward, per image at each size on the selected backend; training img/s
  * (real optimizer steps of `medtune train`) for the demo and for sam2.1-tiny at each size;
  * onnxruntime-node latencies of the exported graphs; data-pipeline samples/s.
+ * `--only webgpu` (with `--backend webgpu`): the demo model's forward and forward+backward img/s,
+ * dispatches and bytes written per step, and GPU time by op class (tf.profile, timestamp queries).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import yargs from 'yargs';
@@ -28,9 +30,12 @@ const args = await yargs(hideBin(process.argv))
   .option('sizes', { type: 'string', default: '256,512', describe: 'image sizes for the model timings' })
   .option('iters', { type: 'number', default: 2, describe: 'timed repetitions' })
   .option('warmup', { type: 'number', default: 1, describe: 'untimed repetitions first (kernels compiled, buffers allocated)' })
-  .option('only', { type: 'string', default: 'model,train,steps,onnx,data', describe: 'sections to run: model,train,steps,onnx,data' })
+  .option('only', { type: 'string', default: 'model,train,steps,onnx,data', describe: 'sections to run: model,train,steps,onnx,data,webgpu' })
   .option('train-steps', { type: 'number', default: 3, describe: 'timed optimizer steps per training benchmark' })
   .option('step-child', { type: 'string', hidden: true, describe: 'internal: one training-step figure (SIZExBATCH) in this process' })
+  .option('batch', { type: 'number', default: 8, describe: 'batch of the webgpu section (the demo trains at 8)' })
+  .option('webgpu-model', { type: 'string', default: 'demo', describe: "webgpu section's model: demo or a preset (sam2.1-tiny)" })
+  .option('webgpu-size', { type: 'number', describe: "webgpu section's input size (default: the model's)" })
   .strict()
   .parse();
 const sections = new Set(args.only.split(','));
@@ -119,6 +124,18 @@ if (sections.has('train')) {
     );
     console.log(`training, sam2.1-tiny @${size} (batch 1, real CT slices): ${tiny.toFixed(3)} img/s`);
   }
+}
+
+if (sections.has('webgpu')) {
+  const { benchWebgpu } = await import('./bench-webgpu.js');
+  await benchWebgpu({
+    model: args['webgpu-model'],
+    size: args['webgpu-size'],
+    batch: args.batch,
+    iters: args.iters,
+    warmup: args.warmup,
+    log: (line) => console.log(line),
+  });
 }
 
 if (sections.has('onnx')) {

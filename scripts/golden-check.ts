@@ -52,6 +52,9 @@ export interface GoldenReport {
 
 const TRAINABLE = ['image_encoder.', 'sam_mask_decoder.'];
 
+export const GOLDEN_SECTIONS = ['weights', 'forward', 'gradients', 'adamw', 'propagation'] as const;
+export type GoldenSection = (typeof GOLDEN_SECTIONS)[number];
+
 function nchw(x: tf.Tensor): tf.Tensor {
   return x.rank === 4 ? tf.transpose(x, [0, 3, 1, 2]) : x;
 }
@@ -60,8 +63,9 @@ function nchw(x: tf.Tensor): tf.Tensor {
 export async function runGoldenCheck(
   dir: string,
   log: (line: string) => void = console.log,
-  opts: { onnx?: boolean; backend?: BackendName } = {},
+  opts: { onnx?: boolean; backend?: BackendName; sections?: GoldenSection[] } = {},
 ): Promise<GoldenReport> {
+  const run = new Set(opts.sections ?? GOLDEN_SECTIONS);
   await selectBackend(opts.backend ?? 'cpu', { quiet: true });
   log(`backend ${tf.getBackend()}`);
   const lines: CheckLine[] = [];
@@ -84,7 +88,7 @@ export async function runGoldenCheck(
   // --- weights: .pt and .safetensors must agree --------------------------------------------
   const fromSafetensors = loadStateDict(specs, readSafetensors(join(dir, 'weights.safetensors')), { source: 'weights.safetensors' }).params;
   let fromPt: StateDict | undefined;
-  if (existsSync(join(dir, 'weights.pt'))) {
+  if (run.has('weights') && existsSync(join(dir, 'weights.pt'))) {
     try {
       fromPt = loadStateDict(specs, readStateDict(join(dir, 'weights.pt')), { source: 'weights.pt' }).params;
       let diff = 0;
@@ -102,25 +106,26 @@ export async function runGoldenCheck(
   const params = toTfParams(fromSafetensors, { trainable: isTrainable });
   const ops = new TfOps(params);
   const image = tf.tidy(() => tf.transpose(tf.tensor(inputs.image.data as Float32Array, inputs.image.shape), [0, 2, 3, 1]));
-  const box = tf.tensor(inputs.box.data as Float32Array, inputs.box.shape);
+  const box = inputs.box;
+  // a fresh tensor per use: predictFromBoxes validates the box values, which a backend that keeps
+  // tensors on the GPU (webgpu) has only until the tensor's first upload
+  const boxTensor = () => tf.tensor(box.data as Float32Array, box.shape);
   const gt = tf.tidy(() => tf.transpose(tf.tensor(inputs.gt.data as Float32Array, inputs.gt.shape), [0, 2, 3, 1]));
-  const checkForward = (name: string, ours: tf.Tensor, channelsLast: boolean) => {
+  const checkForward = async (name: string, ours: tf.Tensor) => {
     const ref: NpyArray | undefined = expected[name];
     if (!ref) return;
-    const t = channelsLast ? nchw(ours) : ours;
-    if (t.shape.join() !== ref.shape.join()) fail(name, `shape [${t.shape}] vs reference [${ref.shape}]`);
-    else record(name, maxRelError(t.dataSync() as Float32Array, ref.data as Float32Array), FORWARD_TOL, 'rel max err');
-    if (t !== ours) t.dispose();
+    if (ours.shape.join() !== ref.shape.join()) fail(name, `shape [${ours.shape}] vs reference [${ref.shape}]`);
+    else record(name, maxRelError((await ours.data()) as Float32Array, ref.data as Float32Array), FORWARD_TOL, 'rel max err');
   };
 
   // --- forward -------------------------------------------------------------------------------
-  const seen = new Set<string>();
+  // computed in one tidy, read back afterwards (readback is asynchronous on WebGPU)
+  const forward = new Map<string, tf.Tensor>();
   // feature maps are channels-last here, NCHW in the reference; mask logits are (B, M, H, W) in both
   const check = (name: string, t: tf.Tensor, channelsLast = true) => {
-    seen.add(name);
-    checkForward(name, t, channelsLast);
+    forward.set(name, tf.keep(channelsLast ? nchw(t) : t));
   };
-  tf.tidy(() => {
+  if (run.has('forward')) tf.tidy(() => {
     const trunk = model.imageEncoder.trunk.forward(ops, image);
     trunk.forEach((t, i) => check(`trunk.${i}`, t));
     const kept = trunk.length - model.imageEncoder.cfg.scalp;
@@ -136,7 +141,7 @@ export async function runGoldenCheck(
     check('image_embed', imageEmbed);
     highRes.forEach((t, i) => check(`high_res.${i}`, t));
     const b = box.shape[0];
-    const coords = tf.reshape(box, [b, 2, 2]);
+    const coords = tf.reshape(boxTensor(), [b, 2, 2]);
     const labels = tf.tensor(Array.from({ length: b }, () => [2, 3]).flat(), [b, 2]);
     const { sparse, dense } = model.promptEncoder.forward(ops, { points: { coords, labels } });
     const densePe = model.promptEncoder.densePe(ops);
@@ -150,18 +155,20 @@ export async function runGoldenCheck(
       check(`${prefix}.tokens`, out.samTokensOut);
       check(`${prefix}.obj`, out.objectScoreLogits);
     }
-    const logits = tf.reshape(model.predictFromBoxes(ops, image, box).masks, gt.shape);
+    const logits = tf.reshape(model.predictFromBoxes(ops, image, boxTensor()).masks, gt.shape);
     check('loss.dice', diceLoss(logits, gt));
     check('loss.bce', bceWithLogits(logits, gt));
   });
-  for (const name of Object.keys(expected)) if (!seen.has(name)) fail(name, 'reference tensor this check does not compute');
+  for (const [name, t] of forward) await checkForward(name, t);
+  tf.dispose([...forward.values()]);
+  if (run.has('forward')) for (const name of Object.keys(expected)) if (!forward.has(name)) fail(name, 'reference tensor this check does not compute');
 
   // the .pt weights give the same masks
   if (fromPt) {
     const ptParams = toTfParams(fromPt, { trainable: () => false });
-    const masks = tf.tidy(() => model.predictFromBoxes(new TfOps(ptParams), image, box).masks);
+    const masks = tf.tidy(() => model.predictFromBoxes(new TfOps(ptParams), image, boxTensor()).masks);
     const ref = expected['single.masks'];
-    record('single.masks with weights.pt', maxRelError(masks.dataSync() as Float32Array, ref.data as Float32Array), FORWARD_TOL, 'rel max err');
+    record('single.masks with weights.pt', maxRelError((await masks.data()) as Float32Array, ref.data as Float32Array), FORWARD_TOL, 'rel max err');
     tf.dispose([masks, ...ptParams.values()]);
   }
 
@@ -169,37 +176,39 @@ export async function runGoldenCheck(
   const refGrads = readSafetensors(join(dir, 'grads.safetensors'));
   const trainable = [...params].filter(([, v]) => v.trainable);
   const keyOf = new Map(trainable.map(([k, v]) => [v.name, k]));
-  const { value, grads } = tf.variableGrads(() => {
-    const logits = tf.reshape(model.predictFromBoxes(ops, image, box).masks, gt.shape);
-    return tf.add(diceLoss(logits, gt), bceWithLogits(logits, gt)) as tf.Scalar;
-  }, trainable.map(([, v]) => v));
-  value.dispose();
-  const ours = new Map(Object.entries(grads).map(([name, g]) => [keyOf.get(name)!, g]));
-  for (const [k, ref] of [...refGrads].sort(([a], [b]) => a.localeCompare(b))) {
-    const g = ours.get(k);
-    if (!g) {
-      fail(`grad ${k}`, 'no gradient here, the reference has one');
-      continue;
+  if (run.has('gradients')) {
+    const { value, grads } = tf.variableGrads(() => {
+      const logits = tf.reshape(model.predictFromBoxes(ops, image, boxTensor()).masks, gt.shape);
+      return tf.add(diceLoss(logits, gt), bceWithLogits(logits, gt)) as tf.Scalar;
+    }, trainable.map(([, v]) => v));
+    value.dispose();
+    const ours = new Map(Object.entries(grads).map(([name, g]) => [keyOf.get(name)!, g]));
+    for (const [k, ref] of [...refGrads].sort(([a], [b]) => a.localeCompare(b))) {
+      const g = ours.get(k);
+      if (!g) {
+        fail(`grad ${k}`, 'no gradient here, the reference has one');
+        continue;
+      }
+      const o = await g.data();
+      let diff = 0;
+      let norm = 0;
+      for (let i = 0; i < ref.data.length; i++) {
+        diff += (o[i] - ref.data[i]) ** 2;
+        norm += ref.data[i] ** 2;
+      }
+      diff = Math.sqrt(diff);
+      norm = Math.sqrt(norm);
+      if (norm <= GRAD_ABS_TOL / GRAD_REL_TOL) record(`grad ${k}`, diff, GRAD_ABS_TOL, 'abs L2 err', ' (reference ~0)');
+      else record(`grad ${k}`, diff / norm, GRAD_REL_TOL, 'rel L2 err');
     }
-    const o = g.dataSync();
-    let diff = 0;
-    let norm = 0;
-    for (let i = 0; i < ref.data.length; i++) {
-      diff += (o[i] - ref.data[i]) ** 2;
-      norm += ref.data[i] ** 2;
-    }
-    diff = Math.sqrt(diff);
-    norm = Math.sqrt(norm);
-    if (norm <= GRAD_ABS_TOL / GRAD_REL_TOL) record(`grad ${k}`, diff, GRAD_ABS_TOL, 'abs L2 err', ' (reference ~0)');
-    else record(`grad ${k}`, diff / norm, GRAD_REL_TOL, 'rel L2 err');
+    for (const k of ours.keys()) if (!refGrads.has(k)) fail(`grad ${k}`, 'gradient here, the reference has none');
+    for (const [k, v] of params) if (!v.trainable && refGrads.has(k)) fail(`grad ${k}`, 'frozen here, the reference trains it');
+    tf.dispose([...ours.values()]);
   }
-  for (const k of ours.keys()) if (!refGrads.has(k)) fail(`grad ${k}`, 'gradient here, the reference has none');
-  for (const [k, v] of params) if (!v.trainable && refGrads.has(k)) fail(`grad ${k}`, 'frozen here, the reference trains it');
-  tf.dispose([...ours.values()]);
 
   // --- AdamW from the reference gradients ----------------------------------------------------
   const adamPath = join(dir, 'adamw_step1.safetensors');
-  if (existsSync(adamPath)) {
+  if (run.has('adamw') && existsSync(adamPath)) {
     const step = meta.train_step ?? { lr: 1e-3, weight_decay: 0.01 };
     const vars = new Map(trainable.map(([k, v]) => [k, tf.variable(v.clone(), true)]));
     const opt = new AdamW(vars, buildParamGroups(vars, { lr: step.lr, weightDecay: step.weight_decay }), step.betas ?? [0.9, 0.999], step.eps ?? 1e-8);
@@ -211,7 +220,7 @@ export async function runGoldenCheck(
         fail(`adamw ${k}`, 'not a trainable parameter here');
         continue;
       }
-      const o = v.dataSync();
+      const o = await v.data();
       let err = 0;
       for (let i = 0; i < ref.data.length; i++) err = Math.max(err, Math.abs(o[i] - ref.data[i]));
       record(`adamw ${k}`, err, ADAMW_TOL, 'max abs err');
@@ -221,7 +230,7 @@ export async function runGoldenCheck(
   }
 
   const propPath = join(dir, 'propagation.npz');
-  if (existsSync(propPath)) {
+  if (run.has('propagation') && existsSync(propPath)) {
     const graphs = new TfFrameGraphs(model, params);
     for (const line of await checkGoldenPropagation(graphs, readNpz(propPath))) {
       record(`propagation ${line.name}`, line.error, PROPAGATION_TOL, 'rel max err');
@@ -237,7 +246,7 @@ export async function runGoldenCheck(
     }
   }
 
-  tf.dispose([image, box, gt, ...params.values()]);
+  tf.dispose([image, gt, ...params.values()]);
   const passed = lines.filter((l) => l.ok).length;
   const failed = lines.length - passed;
   log(`${passed} passed, ${failed} failed`);

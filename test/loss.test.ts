@@ -37,11 +37,11 @@ describe('Dice + BCE loss', () => {
     tf.dispose([logits, target, loss, dice, bce]);
   });
 
-  it('scores thresholded Dice per sample, empty-vs-empty as 1', () => {
+  it('scores thresholded Dice per sample, empty-vs-empty as 1', async () => {
     const logits = tf.tensor4d([1, 1, -1, -1, -1, -1, -1, -1], [2, 2, 2, 1]);
     const target = tf.tensor4d([1, 0, 0, 0, 0, 0, 0, 0], [2, 2, 2, 1]);
     const before = tf.memory().numTensors;
-    const scores = diceScores(logits, target);
+    const scores = await diceScores(logits, target);
     expect(tf.memory().numTensors).toBe(before);
     expect(scores[0]).toBeCloseTo(2 / 3, 6);
     expect(scores[1]).toBe(1);

@@ -51,8 +51,8 @@ export function probeTensorflowPackage(pkg: string, cwd: string = process.cwd(),
   const script =
     'const tf = require(process.argv[1]);' +
     "if (tf.getBackend() !== 'tensorflow') throw new Error('backend ' + tf.getBackend());" +
-    'tf.add(tf.scalar(1), tf.scalar(1)).dataSync();' +
-    'process.stdout.write(JSON.stringify({ tfVersion: tf.backend().binding.TF_Version }));';
+    'tf.add(tf.scalar(1), tf.scalar(1)).data().then(() =>' +
+    ' process.stdout.write(JSON.stringify({ tfVersion: tf.backend().binding.TF_Version })));';
   // INFO lines on: TensorFlow names the GPUs it creates devices for there
   const r = spawnSync(process.execPath, ['-e', script, pkg], { cwd, env: { ...env, TF_CPP_MIN_LOG_LEVEL: '0' }, encoding: 'utf8', timeout: 120_000 });
   const gpus = parseTensorflowGpus(r.stderr ?? '');

@@ -10,7 +10,8 @@ interface AdapterLike {
   info?: Record<string, unknown>;
   isFallbackAdapter?: boolean;
   limits: Record<string, number>;
-  features: Iterable<string>;
+  features: ReadonlySet<string>;
+  requestDevice(descriptor: { requiredLimits: Record<string, number>; requiredFeatures: string[] }): Promise<unknown>;
 }
 interface GpuLike {
   requestAdapter(opts?: object): Promise<AdapterLike | null>;
@@ -88,6 +89,48 @@ export function adapterName(a: WebgpuAdapterReport): string {
   return [a.vendor, a.device || a.description || a.architecture].filter(Boolean).join(' ') || 'unknown adapter';
 }
 
+/** Features tfjs or our kernels use when the adapter has them. */
+const WANTED_FEATURES = ['timestamp-query', 'subgroups', 'shader-f16'];
+
+/**
+ * tfjs flag: the largest storage binding (bytes) of the active WebGPU device. TfOps computes
+ * attention in query chunks so no score tensor exceeds it.
+ */
+export const MAX_BINDING_FLAG = 'MEDTUNE_MAX_BINDING_BYTES';
+
+let installed = false;
+
+/**
+ * Replaces tfjs's 'webgpu' factory with one that asks for every limit at the adapter's maximum
+ * (tfjs asks for a few; the storage-buffer count stays at 8 otherwise) and errors raised
+ * (webgpu-checked.ts), and registers our webgpu kernels.
+ */
+async function installWebgpuBackend(): Promise<void> {
+  if (installed) return;
+  const { CheckedWebGPUBackend, labelWebgpuKernels } = await import('./webgpu-checked.js');
+  const { registerWebgpuKernels } = await import('./webgpu-kernels.js');
+  tf.removeBackend('webgpu');
+  tf.registerBackend(
+    'webgpu',
+    async () => {
+      const adapter = await (await gpu()).requestAdapter({ powerPreference: 'high-performance' });
+      if (!adapter) throw new Error(NO_ADAPTER);
+      const { limits, features } = describeAdapter(adapter);
+      const device = (await adapter.requestDevice({
+        requiredLimits: limits,
+        requiredFeatures: WANTED_FEATURES.filter((f) => features.includes(f)),
+      })) as ConstructorParameters<typeof CheckedWebGPUBackend>[0];
+      tf.env().set(MAX_BINDING_FLAG, device.limits.maxStorageBufferBindingSize);
+      return new CheckedWebGPUBackend(device, (adapter.info ?? undefined) as ConstructorParameters<typeof CheckedWebGPUBackend>[1]);
+    },
+    3,
+  );
+  tf.env().registerFlag(MAX_BINDING_FLAG, () => Number.POSITIVE_INFINITY);
+  registerWebgpuKernels();
+  labelWebgpuKernels();
+  installed = true;
+}
+
 export async function useWebgpu(): Promise<BackendChoice> {
   await gpu();
   const probe = await probeWebgpu();
@@ -96,6 +139,7 @@ export async function useWebgpu(): Promise<BackendChoice> {
   if (tf.findBackendFactory('webgpu') === null) {
     throw new Error("backend 'webgpu' did not register: @tensorflow/tfjs-backend-webgpu was imported before navigator.gpu existed");
   }
+  await installWebgpuBackend();
   await activate('webgpu');
   const a = probe.adapter;
   return { backend: 'webgpu', device: `WebGPU (Dawn): ${adapterName(a)}${a.isFallbackAdapter ? ' (software fallback adapter)' : ''}` };

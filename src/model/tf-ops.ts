@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 // tfjs-core's CommonJS build registers no gradients; the union package registers them all.
 import '@tensorflow/tfjs';
 import type { Conv2dOptions, Ops } from './ops.js';
+import { fusedLayerNorm, hasFusedLayerNorm } from './fused-layer-norm.js';
 
 /*
  * Matrix products. On the WASM backend only an unbatched product without transposes runs in
@@ -83,7 +84,7 @@ const ATTENTION_CHUNK_BYTES = 256 * 1024 * 1024;
 export class TfOps implements Ops<tf.Tensor> {
   constructor(
     private readonly params: ReadonlyMap<string, tf.Tensor>,
-    private readonly attentionChunkBytes = ATTENTION_CHUNK_BYTES,
+    private readonly attentionChunkBytes = Math.min(ATTENTION_CHUNK_BYTES, Number(tf.env().getFlags().MEDTUNE_MAX_BINDING_BYTES ?? Infinity)),
   ) {}
 
   param(name: string): tf.Tensor {
@@ -189,6 +190,7 @@ export class TfOps implements Ops<tf.Tensor> {
     });
   }
   layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number) {
+    if (hasFusedLayerNorm()) return fusedLayerNorm(x, weight, bias, eps);
     return tf.tidy(() => {
       const { mean, variance } = tf.moments(x, -1, true);
       const normed = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));

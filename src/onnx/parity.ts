@@ -108,8 +108,8 @@ function repeatBatch(a: HostArray, n: number): HostArray {
 }
 
 /** Run a graph definition on TfOps: inputs from `feeds` (checked against the declared dims). */
-function runDefTf(def: GraphDef, ops: TfOps, feeds: Feeds): Record<string, HostArray> {
-  const out: Record<string, HostArray> = {};
+async function runDefTf(def: GraphDef, ops: TfOps, feeds: Feeds): Promise<Record<string, HostArray>> {
+  const outputs: Record<string, tf.Tensor> = {};
   tf.tidy(() => {
     def.build(ops, {
       input(name, dims) {
@@ -121,10 +121,15 @@ function runDefTf(def: GraphDef, ops: TfOps, feeds: Feeds): Record<string, HostA
         return tf.tensor(f.data, f.shape);
       },
       output(name, x) {
-        out[name] = { data: Float32Array.from(x.dataSync()), shape: [...x.shape] };
+        outputs[name] = tf.keep(x);
       },
     });
   });
+  const out: Record<string, HostArray> = {};
+  for (const [name, x] of Object.entries(outputs)) {
+    out[name] = { data: Float32Array.from(await x.data()), shape: [...x.shape] };
+    x.dispose();
+  }
   return out;
 }
 
@@ -161,7 +166,7 @@ export async function runParity(
   /** run one graph both ways, record the comparison, return the reference outputs */
   const check = async (key: GraphKey, feeds: Feeds, label = GRAPH_FILES[key].replace(/\.onnx$/, '')) => {
     const t0 = performance.now();
-    const ref = runDefTf(defs[key], ops, feeds);
+    const ref = await runDefTf(defs[key], ops, feeds);
     const t1 = performance.now();
     const ours = await runSession(await session(key), feeds);
     const t2 = performance.now();
@@ -250,7 +255,7 @@ export async function runParity(
       attnFeeds.obj_ptr_tpos = { data: Float32Array.from(tDiffs.map((t) => t / tDiffMax)), shape: [ptrs.length, 1] };
     }
     const t0 = performance.now();
-    const reference = tf.tidy(() => {
+    const referenceTensor = tf.tidy(() => {
       const t = (a: HostArray) => tf.tensor(a.data, a.shape);
       const frame = {
         visionFeats: tf.transpose(t(enc.vision_feats), [0, 2, 3, 1]),
@@ -262,9 +267,10 @@ export async function runParity(
         objPtrs: config.use_obj_ptrs_in_encoder ? ptrs.map((p, i) => ({ ptr: t(p), tDiff: tDiffs[i] })) : [],
         tDiffMax,
       };
-      const out = tf.transpose(model.conditionOnMemory(ops, frame, context), [0, 3, 1, 2]);
-      return { data: Float32Array.from(out.dataSync()), shape: [...out.shape] };
+      return tf.transpose(model.conditionOnMemory(ops, frame, context), [0, 3, 1, 2]);
     });
+    const reference: HostArray = { data: Float32Array.from(await referenceTensor.data()), shape: [...referenceTensor.shape] };
+    referenceTensor.dispose();
     const t1 = performance.now();
     const ours = await runSession(await session('memoryAttention'), attnFeeds);
     opts.log?.(`  memory_attention: TypeScript ${(t1 - t0).toFixed(0)} ms, onnxruntime ${(performance.now() - t1).toFixed(0)} ms`);

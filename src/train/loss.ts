@@ -39,7 +39,7 @@ export function segmentationLoss(logits: tf.Tensor, target: tf.Tensor, diceWeigh
 }
 
 /** Dice coefficient of the thresholded prediction (logit > 0) per sample: the validation metric. */
-export function diceScores(logits: tf.Tensor, target: tf.Tensor): Float32Array {
+export async function diceScores(logits: tf.Tensor, target: tf.Tensor): Promise<Float32Array> {
   const scores = tf.tidy(() => {
     const pred = tf.cast(tf.greater(logits, 0), 'float32');
     const axes = [1, 2, 3];
@@ -48,7 +48,9 @@ export function diceScores(logits: tf.Tensor, target: tf.Tensor): Float32Array {
     // both empty: a perfect answer
     return tf.where(tf.equal(total, 0), tf.onesLike(total), tf.div(tf.mul(inter, 2), tf.maximum(total, 1e-12)));
   });
-  const out = scores.dataSync() as Float32Array;
-  scores.dispose();
-  return out;
+  try {
+    return (await scores.data()) as Float32Array;
+  } finally {
+    scores.dispose();
+  }
 }

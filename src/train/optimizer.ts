@@ -5,7 +5,7 @@
  * gradient and still decays. Hyper-parameters come per parameter group.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { HostTensor, StateDict } from '../io/safetensors.js';
+import type { StateDict } from '../io/safetensors.js';
 
 export interface ParamGroup {
   name: string;
@@ -77,13 +77,13 @@ export class AdamW {
     }
   }
 
-  exportState(): AdamWState {
-    const host = (t: tf.Tensor): HostTensor => ({ data: t.dataSync() as Float32Array, shape: t.shape });
-    return {
-      steps: Object.fromEntries(this.steps),
-      expAvg: new Map([...this.expAvg].map(([k, t]) => [k, host(t)])),
-      expAvgSq: new Map([...this.expAvgSq].map(([k, t]) => [k, host(t)])),
+  async exportState(): Promise<AdamWState> {
+    const host = async (moments: Map<string, tf.Tensor>): Promise<StateDict> => {
+      const out: StateDict = new Map();
+      for (const [k, t] of moments) out.set(k, { data: Float32Array.from(await t.data()), shape: t.shape });
+      return out;
     };
+    return { steps: Object.fromEntries(this.steps), expAvg: await host(this.expAvg), expAvgSq: await host(this.expAvgSq) };
   }
 
   loadState(state: AdamWState): void {
@@ -121,13 +121,17 @@ export class AdamW {
  * With `maxNorm` undefined or 0 only the norm is computed. The returned map holds new tensors
  * where clipping applied; the caller disposes the inputs.
  */
-export function clipGradNorm(
+export async function clipGradNorm(
   grads: ReadonlyMap<string, tf.Tensor>,
   maxNorm?: number,
-): { grads: Map<string, tf.Tensor>; norm: number } {
+): Promise<{ grads: Map<string, tf.Tensor>; norm: number }> {
   const normT = tf.tidy(() => tf.sqrt(tf.addN([...grads.values()].map((g) => tf.sum(tf.square(g))))));
-  const norm = normT.dataSync()[0];
-  normT.dispose();
+  let norm: number;
+  try {
+    norm = (await normT.data())[0];
+  } finally {
+    normT.dispose();
+  }
   const coef = maxNorm ? Math.min(1, maxNorm / (norm + 1e-6)) : 1;
   if (coef >= 1) return { grads: new Map(grads), norm };
   return { grads: new Map([...grads].map(([k, g]) => [k, tf.mul(g, coef)])), norm };

@@ -1,0 +1,52 @@
+/**
+ * Kernels medtune registers for the 'webgpu' backend over tfjs's own. One shader may bind at most
+ * `maxStorageBuffersPerShaderStage` storage buffers (8 by default, 16 on lavapipe): tfjs's AddN binds
+ * one per input, so an addN over more tensors (the ~281 gradient norms of clipGradNorm) is summed
+ * here in chunks. (Concat, and Pack through it, chunk already in tfjs.) Also the fused LayerNorm
+ * (webgpu-layer-norm.ts).
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import { registerLayerNormKernels } from './webgpu-layer-norm.js';
+
+/** tfjs's kernels that ours replaced, by kernel name. */
+const tfjsKernels = new Map<string, tf.KernelConfig>();
+
+/** tfjs-backend-webgpu's own kernel `name`, also after ours replaced it. */
+export function tfjsWebgpuKernel(name: string): tf.KernelConfig {
+  const k = tfjsKernels.get(name) ?? tf.getKernel(name, 'webgpu');
+  if (!k) throw new Error(`no webgpu kernel ${name}`);
+  return k;
+}
+
+function replaceKernel(name: string, kernelFunc: tf.KernelFunc): void {
+  if (!tfjsKernels.has(name)) tfjsKernels.set(name, tfjsWebgpuKernel(name));
+  tf.unregisterKernel(name, 'webgpu');
+  tf.registerKernel({ kernelName: name, backendName: 'webgpu', kernelFunc });
+}
+
+/** Inputs one tfjs AddN shader can take: one storage buffer goes to the output. */
+function maxAddNInputs(backend: WebGPUBackend): number {
+  return backend.device.limits.maxStorageBuffersPerShaderStage - 1;
+}
+
+function chunkedAddN(args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo {
+  const inputs = args.inputs as unknown as tf.TensorInfo[];
+  const backend = args.backend as WebGPUBackend;
+  const addN = tfjsWebgpuKernel(tf.AddN).kernelFunc;
+  const width = maxAddNInputs(backend);
+  if (inputs.length <= width) return addN(args) as tf.TensorInfo;
+  const partials: tf.TensorInfo[] = [];
+  for (let i = 0; i < inputs.length; i += width) {
+    partials.push(addN({ ...args, inputs: inputs.slice(i, i + width) as unknown as tf.NamedTensorInfoMap }) as tf.TensorInfo);
+  }
+  const sum = chunkedAddN({ ...args, inputs: partials as unknown as tf.NamedTensorInfoMap });
+  for (const p of partials) backend.disposeData(p.dataId);
+  return sum;
+}
+
+/** Registers medtune's webgpu kernels; idempotent. */
+export function registerWebgpuKernels(): void {
+  replaceKernel(tf.AddN, chunkedAddN);
+  registerLayerNormKernels();
+}
