@@ -1,20 +1,11 @@
 import * as tf from '@tensorflow/tfjs-core';
 // tfjs-core's CommonJS build registers no gradients; the union package registers them all
 import '@tensorflow/tfjs';
-import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
 import { autoOrder, selectBackend } from '../src/backend.js';
 import { probeWebgpu } from '../src/backends/webgpu.js';
+import { installed } from './helpers/packages.js';
 
-const require = createRequire(import.meta.url);
-function installed(pkg: string): boolean {
-  try {
-    require.resolve(pkg);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** A few ops the model uses, on fixed inputs, and conv gradients. */
 function smallModel(): Float32Array[] {

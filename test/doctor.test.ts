@@ -1,20 +1,11 @@
 /** `medtune doctor`: one block per backend, the facts it reports checked against this machine, and what auto picks. */
 import { execFileSync } from 'node:child_process';
-import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
 import type { DoctorReport } from '../src/commands/doctor.js';
 import { cudaGpus, parseTensorflowGpus } from '../src/backends/tensorflow.js';
 import { probeWebgpu } from '../src/backends/webgpu.js';
+import { installed } from './helpers/packages.js';
 
-const require = createRequire(import.meta.url);
-function installed(pkg: string): boolean {
-  try {
-    require.resolve(pkg);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function medtune(...args: string[]): string {
   return execFileSync(process.execPath, ['bin/medtune.js', ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 240_000 });
