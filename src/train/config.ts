@@ -52,6 +52,10 @@ const DataSchema = z.strictObject({
   train: pathList,
   /** held-out data for validation; none: no validation */
   val: pathList.nullable().default(null),
+  /** instead of data.val: hold out this fraction of data.train's volumes (patients), split seeded and kept in <run-dir>/split.json */
+  val_fraction: z.number().min(0).lt(1).default(0),
+  /** seed of that split (default: the run's seed) */
+  split_seed: z.number().int().nullable().default(null),
   /** generate synthetic CT-like data into the data.train and data.val directories if they hold no npz (the demo) */
   generate: SyntheticSchema.nullable().default(null),
   /** maximum outward box shift in pixels at 256 scale (MedSAM convention), scaled to the resolution */

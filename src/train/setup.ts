@@ -4,8 +4,11 @@
  * prefetching train loader, the fixed validation set).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { join } from 'node:path';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { buildValSet, createTrainLoader, type TrainLoader } from '../data/loader.js';
+import { resolveDataEntries } from '../data/sampling.js';
+import { splitByPatient, type PatientSplit } from '../data/split.js';
 import type { Batch } from '../data/types.js';
 import { readStateDict } from '../io/checkpoint-file.js';
 import { resolveModelChoice, type Sam2Config } from '../model/config.js';
@@ -82,8 +85,39 @@ export interface DataSetup {
   valCount: number;
 }
 
+export const SPLIT_FILE = 'split.json';
+
+/**
+ * data.val_fraction: data.train's volumes (one npz file a patient) split by patient, seeded; the
+ * split is written to the run directory and read back from there on resume, so it never moves.
+ */
+function patientSplit(config: TrainConfig, runDir: string, say: (msg: string) => void): { train: string[]; val: string[] } {
+  const d = config.data;
+  if (d.val !== null) throw new Error('data.val_fraction holds out part of data.train: leave data.val unset (null)');
+  const entries = resolveDataEntries(d.train);
+  const notNpz = entries.find((e) => e.kind !== 'npz');
+  if (notNpz) throw new Error(`data.val_fraction splits npz volumes by patient; ${JSON.stringify(d.train)} holds an npy folder`);
+  const byId = new Map(entries.map((e) => [basename(e.path, '.npz'), e.path]));
+  const seed = d.split_seed ?? config.seed;
+  const path = join(runDir, SPLIT_FILE);
+  let split: PatientSplit;
+  if (existsSync(path)) {
+    split = JSON.parse(readFileSync(path, 'utf8')) as PatientSplit;
+    if (split.seed !== String(seed) || split.valFraction !== d.val_fraction) {
+      throw new Error(`${path} was made with split seed ${split.seed} and val_fraction ${split.valFraction}, not ${seed} and ${d.val_fraction}: use another run directory or the same settings`);
+    }
+    const gone = [...split.train, ...split.val].filter((id) => !byId.has(id));
+    if (gone.length > 0) throw new Error(`${path} names patients no longer in data.train: ${gone.slice(0, 5).join(', ')}${gone.length > 5 ? ', ...' : ''}`);
+  } else {
+    split = splitByPatient([...byId.keys()], d.val_fraction, seed);
+    writeFileSync(path, `${JSON.stringify(split, null, 2)}\n`);
+  }
+  say(`patients: ${split.train.length} train, ${split.val.length} validation (${path})`);
+  return { train: split.train.map((id) => byId.get(id)!), val: split.val.map((id) => byId.get(id)!) };
+}
+
 /** The train loader (continuing the resumed cursor) and the validation set; generates synthetic data first when configured. */
-export async function setupData(config: TrainConfig, imageSize: number, loaderState: Record<string, unknown> | undefined, say: (msg: string) => void): Promise<DataSetup> {
+export async function setupData(config: TrainConfig, imageSize: number, runDir: string, loaderState: Record<string, unknown> | undefined, say: (msg: string) => void): Promise<DataSetup> {
   const d = config.data;
   if (d.generate) {
     const { ensureSyntheticVolumes } = await import('../data/synthetic.js');
@@ -98,8 +132,11 @@ export async function setupData(config: TrainConfig, imageSize: number, loaderSt
   const augment = d.augment.flip_h || d.augment.flip_v || d.augment.max_rotation > 0
     ? { flipH: d.augment.flip_h, flipV: d.augment.flip_v, maxRotation: d.augment.max_rotation }
     : false;
+  const split = d.val_fraction > 0 ? patientSplit(config, runDir, say) : undefined;
+  const trainFiles = split?.train ?? d.train;
+  const valFiles = split?.val ?? d.val;
   const loader = createTrainLoader({
-    files: d.train,
+    files: trainFiles,
     imageSize,
     batchSize: config.train.batch_size,
     bboxShift: d.bbox_shift,
@@ -109,9 +146,9 @@ export async function setupData(config: TrainConfig, imageSize: number, loaderSt
     workers: d.workers,
     state: loaderState,
   });
-  const valSet = d.val
+  const valSet = valFiles
     ? await buildValSet({
-        files: d.val,
+        files: valFiles,
         imageSize,
         maxSamples: d.val_samples > 0 ? d.val_samples : Number.MAX_SAFE_INTEGER,
         seed: config.seed,
@@ -119,6 +156,6 @@ export async function setupData(config: TrainConfig, imageSize: number, loaderSt
       })
     : [];
   const valCount = valSet.reduce((n, b) => n + b.batchSize, 0);
-  say(`data: ${loader.size} training samples per epoch${d.val ? `, ${valCount} validation samples` : ''}`);
+  say(`data: ${loader.size} training samples per epoch${valFiles ? `, ${valCount} validation samples` : ''}`);
   return { loader, valSet, valCount };
 }

@@ -66,7 +66,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const configYaml = configToYaml(config);
   writeFileSync(join(runDir, 'config.yaml'), configYaml);
   const run = setupModel(config, runDir, opts.resume, say);
-  const { loader, valSet } = await setupData(config, run.modelConfig.image_size, run.resumed?.state.loader, say);
+  const { loader, valSet } = await setupData(config, run.modelConfig.image_size, runDir, run.resumed?.state.loader, say);
   const ellipseDice = meanEllipseDice(valSet);
   if (ellipseDice !== null) say(`validation baseline: an ellipse filling each box scores Dice ${ellipseDice.toFixed(4)}`);
 
