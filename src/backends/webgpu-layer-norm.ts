@@ -23,6 +23,18 @@ const ROW_STATS = `
   }
 `;
 
+/** The shader: `body` runs once per row with `cols`, `base` (the row's first index) and `stats` (mean, rstd) in scope. */
+function rowShader(body: string): string {
+  return `${ROW_STATS}
+      fn main(row : i32) {
+        if (row >= uniforms.rows) { return; }
+        let cols = uniforms.cols;
+        let base = row * cols;
+        let stats = rowStats(base, cols);
+        ${body}
+      }`;
+}
+
 /** A one-invocation-per-row program over a (rows, cols) output; tfjs compiles and binds it. */
 abstract class RowProgram {
   outputShape: number[];
@@ -44,16 +56,10 @@ class LayerNormProgram extends RowProgram {
   variableNames = ['x', 'w', 'b'];
   shaderKey = 'medtune_layer_norm';
   getUserCode(): string {
-    return `${ROW_STATS}
-      fn main(row : i32) {
-        if (row >= uniforms.rows) { return; }
-        let cols = uniforms.cols;
-        let base = row * cols;
-        let stats = rowStats(base, cols);
+    return rowShader(`
         for (var c = 0; c < cols; c++) {
           result[base + c] = (x[base + c] - stats.x) * stats.y * w[c] + b[c];
-        }
-      }`;
+        }`);
   }
 }
 
@@ -62,12 +68,7 @@ class LayerNormGradProgram extends RowProgram {
   variableNames = ['dy', 'x', 'w'];
   shaderKey = 'medtune_layer_norm_grad';
   getUserCode(): string {
-    return `${ROW_STATS}
-      fn main(row : i32) {
-        if (row >= uniforms.rows) { return; }
-        let cols = uniforms.cols;
-        let base = row * cols;
-        let stats = rowStats(base, cols);
+    return rowShader(`
         var meanG = 0.0;
         var meanGXhat = 0.0;
         for (var c = 0; c < cols; c++) {
@@ -80,8 +81,7 @@ class LayerNormGradProgram extends RowProgram {
         for (var c = 0; c < cols; c++) {
           let xhat = (x[base + c] - stats.x) * stats.y;
           result[base + c] = stats.y * (dy[base + c] * w[c] - meanG - xhat * meanGXhat);
-        }
-      }`;
+        }`);
   }
 }
 
