@@ -1,6 +1,4 @@
 /** The server's side of the inference worker (inference-worker.ts): requests by id, progress, cancel. */
-import { createRequire } from 'node:module';
-import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { Box2D } from '../onnx/predict.js';
 import type { Click } from '../onnx/runtime.js';
@@ -45,17 +43,7 @@ export class InferenceWorker {
   private nextId = 0;
 
   constructor(exportDir: string, threads?: number) {
-    const self = import.meta.url;
-    let entry: string;
-    if (self.endsWith('.ts')) {
-      // from TypeScript source (tsx, vitest): the worker registers tsx before loading its entry, as the training loader's workers do
-      const api = pathToFileURL(createRequire(self).resolve('tsx/esm/api')).href.replace(/\.cjs$/, '.mjs');
-      const file = new URL('./inference-worker.ts', self).href;
-      entry = `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(file)}); });`;
-    } else {
-      entry = `import(${JSON.stringify(new URL('./inference-worker.js', self).href)});`;
-    }
-    this.worker = new Worker(entry, { eval: true, workerData: { exportDir, threads } });
+    this.worker = new Worker(new URL('./inference-worker-entry.mjs', import.meta.url), { workerData: { exportDir, threads } });
     this.worker.on('message', (m: WorkerReply) => {
       const p = this.pending.get(m.id);
       if (!p) return;
