@@ -49,13 +49,7 @@ function labelData(label: NiftiVolume, scaled: ArrayLike<number>): Uint8Array {
 export async function prepareCase(image: NiftiVolume, label: NiftiVolume | undefined, opts: PrepareOptions): Promise<PreparedCase> {
   const { scaledData } = await import('../data/nifti.js');
   const { percentileToUint8, windowToUint8 } = await import('../data/intensity.js');
-  if (label) {
-    const a = image.shape;
-    const b = label.shape;
-    if (a[0] !== b[0] || a[1] !== b[1] || a[2] !== b[2]) {
-      throw new Error(`${label.source}: label shape (${b.join(', ')}) does not match image ${image.source} (${a.join(', ')})`);
-    }
-  }
+  if (label) checkSameGeometry(image, label);
   const values = scaledData(image);
   let imgs: Uint8Array;
   if (opts.modality === 'CT') {
@@ -225,7 +219,6 @@ export async function prepareDirectories(o: PrepareDirOptions): Promise<string[]
     try {
       const image = readNifti(f.image);
       const label = f.label ? readNifti(f.label) : undefined;
-      if (label) checkSameGeometry(image, label);
       const c = await prepareCase(image, label, o);
       const unknown = labelNames ? c.labels.filter((v) => !labelNames!.has(v)) : [];
       if (unknown.length > 0) throw new Error(`${f.label}: label value(s) ${unknown.join(', ')} not in dataset.json (labels ${[...labelNames!.keys()].join(', ')})`);
