@@ -86,10 +86,11 @@ async function selectAuto(threads: number | undefined): Promise<BackendChoice> {
       'tensorflow-gpu': () => attempt(async () => (await tensorflow()).useTensorflowGpu(threads)),
       webgpu: () =>
         attempt(async () => {
-          const probe = await (await webgpu()).probeWebgpu();
+          const { probeWebgpu, useWebgpu } = await webgpu();
+          const probe = await probeWebgpu();
           if (!probe.ok) throw new Error(probe.reason.split(':')[0]);
           if (probe.adapter.isFallbackAdapter) throw new Error(`only a software fallback adapter (${probe.adapter.device || probe.adapter.description})`);
-          return (await webgpu()).useWebgpu();
+          return useWebgpu(probe);
         }),
       'tensorflow-cpu': () => attempt(async () => (await tensorflow()).useTensorflowCpu(threads)),
       wasm: () => attempt(async () => (await import('./backends/wasm.js')).useWasm()),

@@ -131,9 +131,10 @@ async function installWebgpuBackend(): Promise<void> {
   installed = true;
 }
 
-export async function useWebgpu(): Promise<BackendChoice> {
+/** Make WebGPU the tfjs backend; `probe`: the adapter already found (by `auto`), else looked up here. */
+export async function useWebgpu(found?: WebgpuProbe): Promise<BackendChoice> {
   await gpu();
-  const probe = await probeWebgpu();
+  const probe = found ?? (await probeWebgpu());
   if (!probe.ok) throw new Error(`backend 'webgpu': ${probe.reason}`);
   await import('@tensorflow/tfjs-backend-webgpu');
   if (tf.findBackendFactory('webgpu') === null) {
