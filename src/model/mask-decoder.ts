@@ -17,7 +17,7 @@ import {
   type Ops,
   type ParamSpec,
 } from './ops.js';
-import { LAYER_NORM_2D_EPS, MLP, oneMinus } from './sam2-utils.js';
+import { greaterThanZero, LAYER_NORM_2D_EPS, MLP, oneMinus } from './sam2-utils.js';
 import { TwoWayTransformer, type TwoWayTransformerConfig } from './two-way-transformer.js';
 
 
@@ -32,12 +32,29 @@ export interface MaskDecoderConfig {
   pred_obj_scores: boolean;
   pred_obj_scores_mlp: boolean;
   use_multimask_token_for_obj_ptr: boolean;
-  /**
-   * Official `dynamic_multimask_via_stability` (the image/video predictors' post-processing
-   * option). It needs a data-dependent argmax selection, which is not implemented here;
-   * setting it to true is rejected.
-   */
-  dynamic_multimask_via_stability?: boolean;
+}
+
+/**
+ * Official `dynamic_multimask_via_stability`: with single-mask output, the single-mask token's
+ * mask is kept when its stability score (area above +delta / area above -delta) is at least
+ * `thresh`, else the best-IoU of the multimask outputs is taken. Inference only (the official
+ * decoder skips it while training).
+ */
+export interface MultimaskStability {
+  delta: number;
+  thresh: number;
+}
+
+/**
+ * What the official predictors use: `build_sam2` / `build_sam2_video_predictor` with
+ * `apply_postprocessing=True` switch the stability fallback on with delta 0.05 and threshold 0.98;
+ * a config's `sam_mask_decoder_extra_args` may set other values or switch it off.
+ */
+export function predictorStability(extraArgs: Record<string, unknown> | null | undefined): MultimaskStability | undefined {
+  const a = extraArgs ?? {};
+  if (a.dynamic_multimask_via_stability === false) return undefined;
+  const num = (v: unknown, d: number) => (typeof v === 'number' ? v : d);
+  return { delta: num(a.dynamic_multimask_stability_delta, 0.05), thresh: num(a.dynamic_multimask_stability_thresh, 0.98) };
 }
 
 export interface MaskDecoderInputs<T> {
@@ -50,6 +67,8 @@ export interface MaskDecoderInputs<T> {
   /** (B, h, w, C) (batch 1 broadcasts) */
   dense: T;
   multimaskOutput: boolean;
+  /** inference: the stability fallback for single-mask output (absent while training) */
+  stability?: MultimaskStability;
   /** [(B, 4h, 4w, C/8), (B, 2h, 2w, C/4)], already through conv_s0 / conv_s1 */
   highResFeatures?: [T, T];
 }
@@ -89,9 +108,6 @@ export class MaskDecoder implements Module {
     readonly config: MaskDecoderConfig,
     readonly prefix: string,
   ) {
-    if (config.dynamic_multimask_via_stability) {
-      throw new Error('MaskDecoder: dynamic_multimask_via_stability is not supported');
-    }
     const d = config.transformer_dim;
     this.transformer = new TwoWayTransformer(config.transformer, key(prefix, 'transformer'));
     this.numMaskTokens = config.num_multimask_outputs + 1;
@@ -161,20 +177,22 @@ export class MaskDecoder implements Module {
   /** The official `forward`: `predictMasks`, then the multimask selection. */
   forward<T>(ops: Ops<T>, inputs: MaskDecoderInputs<T>): MaskDecoderOutput<T> {
     const raw = this.predictMasks(ops, inputs);
-    return this.selectOutputs(ops, raw, inputs.multimaskOutput);
+    return this.selectOutputs(ops, raw, inputs.multimaskOutput, inputs.stability);
   }
 
   /**
-   * The official output selection: masks/IoU 1.. with multimask output, else 0; tokens 1.. when
-   * multimask output and `use_multimask_token_for_obj_ptr`, else always token 0.
+   * The official output selection: masks/IoU 1.. with multimask output, else 0 (or, with
+   * `stability`, the `dynamicMultimaskViaStability` choice); tokens 1.. when multimask output and
+   * `use_multimask_token_for_obj_ptr`, else always token 0.
    */
-  selectOutputs<T>(ops: Ops<T>, raw: MaskDecoderRawOutput<T>, multimaskOutput: boolean): MaskDecoderOutput<T> {
+  selectOutputs<T>(ops: Ops<T>, raw: MaskDecoderRawOutput<T>, multimaskOutput: boolean, stability?: MultimaskStability): MaskDecoderOutput<T> {
     const n = this.numMaskTokens;
     const [, , mh, mw] = ops.shape(raw.masks);
     const c = this.config.transformer_dim;
     const [start, count] = multimaskOutput ? [1, n - 1] : [0, 1];
-    const masks = ops.slice(raw.masks, [0, start, 0, 0], [-1, count, mh, mw]);
-    const iouPred = ops.slice(raw.iouPred, [0, start], [-1, count]);
+    let masks = ops.slice(raw.masks, [0, start, 0, 0], [-1, count, mh, mw]);
+    let iouPred = ops.slice(raw.iouPred, [0, start], [-1, count]);
+    if (!multimaskOutput && stability) ({ mask: masks, iou: iouPred } = dynamicMultimaskViaStability(ops, raw.masks, raw.iouPred, stability));
     const samTokensOut =
       multimaskOutput && this.config.use_multimask_token_for_obj_ptr
         ? ops.slice(raw.maskTokensOut, [0, 1, 0], [-1, n - 1, c])
@@ -288,4 +306,33 @@ export function pickBestMask<T>(ops: Ops<T>, masks: T, ious: T): { mask: T; iou:
     iou: ops.sum(ops.mul(ious, choice), [1], true),
     choice,
   };
+}
+
+/**
+ * Official `_get_stability_scores`: per mask of (B, M, h, w) logits, the area above +delta over
+ * the area above -delta (1 where the latter is empty) -> (B, M).
+ */
+export function stabilityScores<T>(ops: Ops<T>, logits: T, delta: number): T {
+  const [, m, h, w] = ops.shape(logits);
+  const flat = ops.reshape(logits, [-1, m, h * w]);
+  const areaI = ops.sum(greaterThanZero(ops, ops.sub(flat, delta)), [2]);
+  const areaU = ops.sum(greaterThanZero(ops, ops.add(flat, delta)), [2]);
+  const empty = ops.equal(areaU, 0);
+  return ops.div(ops.add(areaI, empty), ops.add(areaU, empty));
+}
+
+/**
+ * Official `_dynamic_multimask_via_stability` on every token's output (masks (B, T, h, w), IoU
+ * (B, T), token 0 the single-mask one): token 0's mask and IoU where its stability score reaches
+ * `thresh`, else those of the best-IoU multimask token. -> mask (B, 1, h, w), iou (B, 1).
+ */
+export function dynamicMultimaskViaStability<T>(ops: Ops<T>, masks: T, ious: T, s: MultimaskStability): { mask: T; iou: T } {
+  const [, t, h, w] = ops.shape(masks);
+  const single = ops.slice(masks, [0, 0, 0, 0], [-1, 1, h, w]);
+  const singleIou = ops.slice(ious, [0, 0], [-1, 1]);
+  const best = pickBestMask(ops, ops.slice(masks, [0, 1, 0, 0], [-1, t - 1, h, w]), ops.slice(ious, [0, 1], [-1, t - 1]));
+  // score >= thresh  <=>  relu(thresh - score) == 0
+  const stable = ops.equal(ops.relu(ops.add(ops.neg(stabilityScores(ops, single, s.delta)), s.thresh)), 0); // (B, 1)
+  const either = (a: T, b: T, keep: T) => ops.add(ops.mul(a, keep), ops.mul(b, oneMinus(ops, keep)));
+  return { mask: either(single, best.mask, ops.reshape(stable, [-1, 1, 1, 1])), iou: either(singleIou, best.iou, stable) };
 }

@@ -7,7 +7,7 @@
  */
 import type { Sam2Config } from './config.js';
 import { ImageEncoder } from './image-encoder.js';
-import { MaskDecoder, pickBestMask, type MaskDecoderOutput } from './mask-decoder.js';
+import { MaskDecoder, pickBestMask, type MaskDecoderOutput, type MultimaskStability } from './mask-decoder.js';
 import { MemoryAttention } from './memory-attention.js';
 import { memoryBankTemporal, memoryBankTokens, type MemoryBankInputs, type MemoryContext, type MemoryFeatures } from './memory-bank.js';
 import { MemoryEncoder } from './memory-encoder.js';
@@ -256,12 +256,13 @@ export class SAM2Base implements Module {
    * - `backboneFeatures`: (B, h, w, C);
    * - `points`: coords (B, P, 2) in input pixels and labels (B, P); absent: one padding point;
    * - `maskInputs`: (B, 1, H, W) or (B, H, W, 1) logits/probabilities; resized to the prompt
-   *   encoder's mask input size with antialiased bilinear when it differs.
+   *   encoder's mask input size with antialiased bilinear when it differs;
+   * - `stability`: inference's single-mask fallback (`predictorStability`), absent while training.
    * The official high-res *multi*-mask output is not computed (nothing in tracking reads it).
    */
   forwardSamHeads<T>(
     ops: Ops<T>,
-    args: { backboneFeatures: T; highRes?: [T, T]; points?: PointInputs<T>; maskInputs?: T; multimaskOutput: boolean },
+    args: { backboneFeatures: T; highRes?: [T, T]; points?: PointInputs<T>; maskInputs?: T; multimaskOutput: boolean; stability?: MultimaskStability },
   ): SamHeadsOutput<T> {
     const c = this.config;
     const C = this.hiddenDim;
@@ -287,6 +288,7 @@ export class SAM2Base implements Module {
       sparse,
       dense,
       multimaskOutput,
+      stability: args.stability,
       highResFeatures: c.use_high_res_features_in_sam ? highRes : undefined,
     });
     let lowResMultimasks = dec.masks; // (B, M, 4h, 4w)

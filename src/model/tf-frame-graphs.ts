@@ -6,6 +6,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { Sam2Config } from './config.js';
 import { roundToBfloat16, type HeadsResult, type HostPrompt, type Sam2FrameGraphs } from './frame-graphs.js';
 import type { MemoryContext, MemoryFeatures } from './memory-bank.js';
+import { predictorStability } from './mask-decoder.js';
 import { upsampleMasks } from './resize.js';
 import type { FrameFeatures, SAM2Base } from './sam2.js';
 import { TfOps } from './tf-ops.js';
@@ -49,6 +50,7 @@ export class TfFrameGraphs implements Sam2FrameGraphs<tf.Tensor> {
         points: p ? { coords: tf.tensor(p.coords, [1, n, 2]), labels: tf.tensor(p.labels, [1, n]) } : undefined,
         maskInputs: prompt.mask ? tf.tensor(prompt.mask, [1, S, S, 1]) : undefined,
         multimaskOutput: multimask,
+        stability: predictorStability(this.config.sam_mask_decoder_extra_args),
       });
       return { lowResMasks: out.lowResMasks, objPtr: out.objPtr, objectScoreLogits: out.objectScoreLogits };
     }) as HeadsResult<tf.Tensor>;

@@ -7,13 +7,14 @@
  *
  * | file                          | inputs -> outputs                                                   | from |
  * | image_encoder.onnx            | image (B,3,S,S) normalized -> image_embed (B,C,h,h) with no_mem_embed, high_res_0 (B,C/8,4h,4h), high_res_1 (B,C/4,2h,2h), vision_feats (B,C,h,h) without it | encodeFrame, withNoMemEmbed |
- * | mask_decoder.onnx             | image_embed, high_res_0/1, point_coords (B,N,2) in model pixels 0..S, point_labels (B,N), mask_input (B,1,4h,4h), has_mask_input (B) -> low_res_masks (B,1,4h,4h), iou_predictions (B,1), sam_tokens (B,1,C), the same with _multi (3 masks), object_score_logits (B,1) | promptEncoder.forward, maskDecoder.predictMasks / selectOutputs |
- * | sam_heads.onnx                | pix_feat (B,C,h,h), high_res_0/1, point_coords, point_labels -> pred_masks (B,1,4h,4h) gated, obj_ptr (B,C), the same with _multi (best IoU), object_score_logits | forwardSamHeads (with the object-pointer projection) |
+ * | mask_decoder.onnx             | image_embed, high_res_0/1, point_coords (B,N,2) in model pixels 0..S, point_labels (B,N), mask_input (B,1,4h,4h), has_mask_input (B) -> low_res_masks (B,1,4h,4h) (single-mask token, or the best multimask one when unstable: predictorStability), iou_predictions (B,1), sam_tokens (B,1,C), the same with _multi (3 masks), object_score_logits (B,1) | promptEncoder.forward, maskDecoder.predictMasks / selectOutputs |
+ * | sam_heads.onnx                | pix_feat (B,C,h,h), high_res_0/1, point_coords, point_labels -> pred_masks (B,1,4h,4h) gated (with the stability fallback), obj_ptr (B,C), the same with _multi (best IoU), object_score_logits | forwardSamHeads (with the object-pointer projection) |
  * | mask_as_output.onnx           | vision_feats, high_res_0/1, mask (B,1,S,S) -> pred_masks, obj_ptr, object_score_logits | useMaskAsOutput |
  * | memory_encoder(_binarized).onnx | vision_feats, pred_masks, object_score_logits -> maskmem_features (B,h,h,Cm), maskmem_pos_enc (B,h,h,Cm) | upsampleMasks + encodeNewMemory (sigmoid / binarized masks) |
  * | memory_attention.onnx         | vision_feats (1,C,h,h), memory and memory_pos_enc (F,h,h,Cm), memory_tpos (F,num_maskmem) one-hot, obj_ptrs (P,C), obj_ptr_tpos (P,1) -> pix_feat (1,C,h,h) | attendToMemory (the memory-bank assembly + memory attention that conditionOnMemory runs) |
  */
 import type { Sam2Config } from '../model/config.js';
+import { predictorStability } from '../model/mask-decoder.js';
 import type { Ops } from '../model/ops.js';
 import { upsampleMasks } from '../model/resize.js';
 import { BACKBONE_STRIDE, type FrameFeatures, type SAM2Base } from '../model/sam2.js';
@@ -119,6 +120,7 @@ export function maskDecoderGraph(model: SAM2Base): GraphDef {
       const withoutMask = pe.forward(ops, { points: { coords, labels } });
       // dense prompt: the mask embedding where has_mask_input is 1, no_mask_embed where it is 0
       const dense = ops.add(ops.mul(withMask.dense, hasMask), ops.mul(withoutMask.dense, ops.add(ops.neg(hasMask), 1)));
+      const stability = predictorStability(model.config.sam_mask_decoder_extra_args);
       const raw = model.maskDecoder.predictMasks(ops, {
         imageEmbeddings: imageEmbed,
         imagePe: pe.densePe(ops),
@@ -128,7 +130,7 @@ export function maskDecoderGraph(model: SAM2Base): GraphDef {
         highResFeatures: model.config.use_high_res_features_in_sam ? highRes : undefined,
       });
       for (const [suffix, multi] of [['', false], ['_multi', true]] as const) {
-        const out = model.maskDecoder.selectOutputs(ops, raw, multi);
+        const out = model.maskDecoder.selectOutputs(ops, raw, multi, stability);
         io.output(`low_res_masks${suffix}`, out.masks);
         io.output(`iou_predictions${suffix}`, out.iouPred);
         io.output(`sam_tokens${suffix}`, out.samTokensOut);
@@ -147,8 +149,9 @@ export function samHeadsGraph(model: SAM2Base): GraphDef {
       const pix = toNhwc(ops, io.input('pix_feat', ['batch', g.C, g.h, g.h]));
       const highRes = highResInputs(ops, io, g);
       const { coords, labels } = pointInputs(io);
+      const stability = predictorStability(model.config.sam_mask_decoder_extra_args);
       for (const [suffix, multi] of [['', false], ['_multi', true]] as const) {
-        const out = model.forwardSamHeads(ops, { backboneFeatures: pix, highRes, points: { coords, labels }, multimaskOutput: multi });
+        const out = model.forwardSamHeads(ops, { backboneFeatures: pix, highRes, points: { coords, labels }, multimaskOutput: multi, stability });
         io.output(`pred_masks${suffix}`, out.lowResMasks);
         io.output(`obj_ptr${suffix}`, out.objPtr);
         // the object score does not depend on the mask choice
