@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadInput, parsePoints, runPredict } from '../src/commands/predict.js';
 import { readSafetensors } from '../src/io/safetensors.js';
+import { predictorStability } from '../src/model/mask-decoder.js';
 import { upsampleMasks } from '../src/model/resize.js';
 import { SAM2Base } from '../src/model/sam2.js';
 import { TfOps } from '../src/model/tf-ops.js';
@@ -40,7 +41,7 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** The TypeScript model on the same prompt: points in model pixels, logits resized to `size`. */
+/** The TypeScript model on the same prompt, as the predictor runs it (stability fallback): points in model pixels, logits resized to `size`. */
 function tfLogits(points: Click[], size: { height: number; width: number }, multimask: boolean): Float32Array {
   const sam = new SAM2Base(golden.config);
   const ops = new TfOps(golden.params);
@@ -49,7 +50,7 @@ function tfLogits(points: Click[], size: { height: number; width: number }, mult
     const coords = tf.tensor(points.flatMap(([x, y]) => [(x / size.width) * S, (y / size.height) * S]), [1, points.length, 2]);
     const labels = tf.tensor(points.map((p) => p[2]), [1, points.length]);
     const { sparse, dense } = sam.promptEncoder.forward(ops, { points: { coords, labels } });
-    const out = sam.maskDecoder.forward(ops, { imageEmbeddings: imageEmbed, imagePe: sam.promptEncoder.densePe(ops), sparse, dense, multimaskOutput: multimask, highResFeatures: highRes });
+    const out = sam.maskDecoder.forward(ops, { imageEmbeddings: imageEmbed, imagePe: sam.promptEncoder.densePe(ops), sparse, dense, multimaskOutput: multimask, stability: predictorStability(golden.config.sam_mask_decoder_extra_args), highResFeatures: highRes });
     const best = tf.argMax(tf.reshape(out.iouPred, [-1])).dataSync()[0];
     const mask = tf.slice(out.masks, [0, best, 0, 0], [1, 1, -1, -1]);
     return upsampleMasks(ops, mask, [size.height, size.width]).dataSync() as Float32Array;

@@ -1,4 +1,5 @@
 /** The trivial baselines a trained model should beat, scored like the model. */
+import { diceCoefficient } from './metrics.js';
 
 /** The parts of a data batch (data/types.ts `Batch`) a baseline reads; eval does not import data. */
 export interface PromptedMasks {
@@ -13,32 +14,35 @@ export interface PromptedMasks {
 }
 
 /**
+ * The ellipse filling a box (x0, y0, x1, y1 in continuous pixel coordinates of an image `scale`
+ * times the grid's size): 1 on the (height x width) grid cells whose centres lie inside it.
+ */
+export function ellipseInBox(box: ArrayLike<number>, height: number, width: number, scale = 1): Uint8Array {
+  const [x0, y0, x1, y1] = [box[0], box[1], box[2], box[3]];
+  const cx = (x0 + x1) / 2;
+  const cy = (y0 + y1) / 2;
+  const rx = Math.max((x1 - x0) / 2, 1e-6);
+  const ry = Math.max((y1 - y0) / 2, 1e-6);
+  const out = new Uint8Array(height * width);
+  for (let i = 0; i < height; i++) {
+    for (let j = 0; j < width; j++) {
+      if ((((j + 0.5) * scale - cx) / rx) ** 2 + (((i + 0.5) * scale - cy) / ry) ** 2 <= 1) out[i * width + j] = 1;
+    }
+  }
+  return out;
+}
+
+/**
  * Dice of the trivial answer "an ellipse filling the prompt box" against each sample's ground
  * truth, at the low-res mask size.
  */
 export function ellipseInBoxDice(b: PromptedMasks): number[] {
   const m = b.maskSize;
-  const scale = b.imageSize / m;
   const out: number[] = [];
   for (let n = 0; n < b.batchSize; n++) {
-    const [x0, y0, x1, y1] = b.boxes.subarray(n * 4, n * 4 + 4);
-    const cx = (x0 + x1) / 2;
-    const cy = (y0 + y1) / 2;
-    const rx = Math.max((x1 - x0) / 2, 1e-6);
-    const ry = Math.max((y1 - y0) / 2, 1e-6);
-    let inter = 0;
-    let pred = 0;
-    let gt = 0;
-    for (let i = 0; i < m; i++) {
-      for (let j = 0; j < m; j++) {
-        const inside = (((j + 0.5) * scale - cx) / rx) ** 2 + (((i + 0.5) * scale - cy) / ry) ** 2 <= 1;
-        const g = b.masks[n * m * m + i * m + j] > 0.5;
-        if (inside) pred++;
-        if (g) gt++;
-        if (inside && g) inter++;
-      }
-    }
-    out.push(pred + gt === 0 ? 1 : (2 * inter) / (pred + gt));
+    const ellipse = ellipseInBox(b.boxes.subarray(n * 4, n * 4 + 4), m, m, b.imageSize / m);
+    const gt = b.masks.subarray(n * m * m, (n + 1) * m * m).map((v) => (v > 0.5 ? 1 : 0));
+    out.push(diceCoefficient(gt, ellipse));
   }
   return out;
 }

@@ -358,25 +358,31 @@ export function shardReportName(shard: Shard): string {
 }
 
 /**
- * The report of the whole run from its shards' files (found in `dirs`): every shard of one count
- * once, one tolerance. Rows come back in case-name order, as an unsharded run lists them.
+ * Every shard file `<prefix>-<i>-of-<n>.json` in `dirs`, checked: each of the `format`, one
+ * count, the same `settings` (a description of what changes the numbers), every index once.
  */
-export function mergeShardReports(dirs: string[]): EvalReport {
-  const found: Array<{ file: string; r: ShardReport }> = [];
+export function gatherShards<R extends { format: string; shard: { index: number; count: number } }>(
+  dirs: string[],
+  prefix: string,
+  format: string,
+  settings: (r: R) => string,
+): R[] {
+  const found: Array<{ file: string; r: R }> = [];
+  const pattern = new RegExp(`^${prefix}-\\d+-of-\\d+\\.json$`);
   for (const dir of dirs) {
     if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Error(`shard directory not found: ${dir}`);
-    for (const f of readdirSync(dir).filter((n) => /^eval-shard-\d+-of-\d+\.json$/.test(n)).sort()) {
+    for (const f of readdirSync(dir).filter((n) => pattern.test(n)).sort()) {
       const file = join(dir, f);
-      const r = JSON.parse(readFileSync(file, 'utf8')) as ShardReport;
-      if (r.format !== 'medtune-eval-shard') throw new Error(`${file}: not a medtune eval shard`);
+      const r = JSON.parse(readFileSync(file, 'utf8')) as R;
+      if (r.format !== format) throw new Error(`${file}: not a ${format} file`);
       found.push({ file, r });
     }
   }
-  if (found.length === 0) throw new Error(`no eval-shard-*-of-*.json in ${dirs.join(', ')}`);
+  if (found.length === 0) throw new Error(`no ${prefix}-*-of-*.json in ${dirs.join(', ')}`);
   const { count } = found[0].r.shard;
-  const tol = found[0].r.toleranceMm;
-  const bad = found.find(({ r }) => r.shard.count !== count || r.toleranceMm !== tol);
-  if (bad) throw new Error(`${bad.file}: shard of ${bad.r.shard.count} at ${bad.r.toleranceMm} mm, but ${found[0].file} is one of ${count} at ${tol} mm`);
+  const first = settings(found[0].r);
+  const bad = found.find(({ r }) => r.shard.count !== count || settings(r) !== first);
+  if (bad) throw new Error(`${bad.file}: shard of ${bad.r.shard.count} ${settings(bad.r)}, but ${found[0].file} is one of ${count} ${first}`);
   const seen = new Map<number, string>();
   for (const { file, r } of found) {
     if (seen.has(r.shard.index)) throw new Error(`shard ${r.shard.index}/${count} twice: ${seen.get(r.shard.index)} and ${file}`);
@@ -384,9 +390,21 @@ export function mergeShardReports(dirs: string[]): EvalReport {
   }
   const missing = Array.from({ length: count }, (_, i) => i).filter((i) => !seen.has(i));
   if (missing.length > 0) throw new Error(`missing shard(s) ${missing.map((i) => `${i}/${count}`).join(', ')} in ${dirs.join(', ')}`);
-  // a stable sort keeps each case's labels in their order
-  const rows = found.flatMap(({ r }) => r.cases).sort((a, b) => (a.case < b.case ? -1 : a.case > b.case ? 1 : 0));
-  return summarize(rows, tol, found.flatMap(({ r }) => r.warnings));
+  return found.map(({ r }) => r);
+}
+
+/** Rows of several shards in case-name order, as an unsharded run lists them (a stable sort keeps each case's rows in their order). */
+export function byCaseName<T extends { case: string }>(rows: T[]): T[] {
+  return rows.sort((a, b) => (a.case < b.case ? -1 : a.case > b.case ? 1 : 0));
+}
+
+/**
+ * The report of the whole run from its shards' files (found in `dirs`): every shard of one count
+ * once, one tolerance. Rows come back in case-name order, as an unsharded run lists them.
+ */
+export function mergeShardReports(dirs: string[]): EvalReport {
+  const shards = gatherShards<ShardReport>(dirs, 'eval-shard', 'medtune-eval-shard', (r) => `at ${r.toleranceMm} mm`);
+  return summarize(byCaseName(shards.flatMap((r) => r.cases)), shards[0].toleranceMm, shards.flatMap((r) => r.warnings));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -489,6 +489,22 @@ export function diceCoefficient(maskGt: Mask, maskPred: Mask): number {
   return sum === 0 ? 1 : (2 * inter) / sum;
 }
 
+/** Intersection over union |A∩B| / |A∪B|; both empty -> 1. */
+export function intersectionOverUnion(maskGt: Mask, maskPred: Mask): number {
+  if (maskGt.length !== maskPred.length) {
+    throw new Error(`IoU: masks differ in size (${maskGt.length} vs ${maskPred.length})`);
+  }
+  let inter = 0;
+  let union = 0;
+  for (let i = 0; i < maskGt.length; i++) {
+    const g = maskGt[i] ? 1 : 0;
+    const p = maskPred[i] ? 1 : 0;
+    inter += g & p;
+    union += g | p;
+  }
+  return union === 0 ? 1 : inter / union;
+}
+
 /** Normalized surface Dice at `toleranceMm`; both empty -> 1, one empty -> 0. */
 export function normalizedSurfaceDice(
   maskGt: Mask,

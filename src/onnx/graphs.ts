@@ -7,7 +7,7 @@
  *
  * | file                          | inputs -> outputs                                                   | from |
  * | image_encoder.onnx            | image (B,3,S,S) normalized -> image_embed (B,C,h,h) with no_mem_embed, high_res_0 (B,C/8,4h,4h), high_res_1 (B,C/4,2h,2h), vision_feats (B,C,h,h) without it | encodeFrame, withNoMemEmbed |
- * | mask_decoder.onnx             | image_embed, high_res_0/1, point_coords (B,N,2) in model pixels 0..S, point_labels (B,N), mask_input (B,1,4h,4h), has_mask_input (B) -> low_res_masks (B,1,4h,4h) (single-mask token, or the best multimask one when unstable: predictorStability), iou_predictions (B,1), sam_tokens (B,1,C), the same with _multi (3 masks), object_score_logits (B,1) | promptEncoder.forward, maskDecoder.predictMasks / selectOutputs |
+ * | mask_decoder.onnx             | image_embed, high_res_0/1, point_coords (B,N,2) in model pixels 0..S, point_labels (B,N), mask_input (B,1,4h,4h), has_mask_input (B) -> low_res_masks (B,1,4h,4h), iou_predictions (B,1), sam_tokens (B,1,C), the same with _multi (3 masks), low_res_masks_stable / iou_predictions_stable (the single mask, or the best multimask one when unstable: predictorStability), object_score_logits (B,1) | promptEncoder.forward, maskDecoder.predictMasks / selectOutputs |
  * | sam_heads.onnx                | pix_feat (B,C,h,h), high_res_0/1, point_coords, point_labels -> pred_masks (B,1,4h,4h) gated (with the stability fallback), obj_ptr (B,C), the same with _multi (best IoU), object_score_logits | forwardSamHeads (with the object-pointer projection) |
  * | mask_as_output.onnx           | vision_feats, high_res_0/1, mask (B,1,S,S) -> pred_masks, obj_ptr, object_score_logits | useMaskAsOutput |
  * | memory_encoder(_binarized).onnx | vision_feats, pred_masks, object_score_logits -> maskmem_features (B,h,h,Cm), maskmem_pos_enc (B,h,h,Cm) | upsampleMasks + encodeNewMemory (sigmoid / binarized masks) |
@@ -130,11 +130,15 @@ export function maskDecoderGraph(model: SAM2Base): GraphDef {
         highResFeatures: model.config.use_high_res_features_in_sam ? highRes : undefined,
       });
       for (const [suffix, multi] of [['', false], ['_multi', true]] as const) {
-        const out = model.maskDecoder.selectOutputs(ops, raw, multi, stability);
+        const out = model.maskDecoder.selectOutputs(ops, raw, multi);
         io.output(`low_res_masks${suffix}`, out.masks);
         io.output(`iou_predictions${suffix}`, out.iouPred);
         io.output(`sam_tokens${suffix}`, out.samTokensOut);
       }
+      // what the official image predictor returns for single-mask output (the tokens are token 0's)
+      const stable = model.maskDecoder.selectOutputs(ops, raw, false, stability);
+      io.output('low_res_masks_stable', stable.masks);
+      io.output('iou_predictions_stable', stable.iouPred);
       io.output('object_score_logits', raw.objectScoreLogits);
     },
   };

@@ -9,8 +9,9 @@ import { mapIntensities, windowBounds, type IntensityWindow } from '../data/inte
 import { pixelMap, warpImage, IDENTITY } from '../data/transforms.js';
 import type { NpyArray } from '../io/npz.js';
 import type { SliceData } from '../data/sampling.js';
-import { largestComponent, unionMasks, type SliceResult } from '../model/video-output.js';
+import { largestComponent, maxLogits, mergeByScore, positive, type LabelVolume, type SliceResult } from '../model/video-output.js';
 import { VolumePropagator } from '../model/video-predictor.js';
+import type { SliceSegmenter } from '../eval/prompt-eval.js';
 import { decodePrompt, embedImage, OnnxModel, OrtFrameGraphs, type Click } from './runtime.js';
 
 /** Gray or RGB pixels scaled to [0, 1]: (H, W[, C]) for an image, (D, H, W[, C]) for a volume. */
@@ -140,11 +141,7 @@ export async function segmentImage(
 }
 
 /** Mask logits -> 1 where > 0. */
-export function binarize(logits: Float32Array): Uint8Array {
-  const mask = new Uint8Array(logits.length);
-  for (let i = 0; i < mask.length; i++) mask[i] = logits[i] > 0 ? 1 : 0;
-  return mask;
-}
+export const binarize = positive;
 
 export interface VolumeTarget {
   label: number;
@@ -160,8 +157,8 @@ export interface VolumeProgress {
 
 /**
  * 3D: a volume and a 3D box (x0, y0, z0, x1, y1, z1; slice pixels, slice indices inclusive) per
- * label -> a (D, H, W) label map. Labels are written in the given order (a later one wins where
- * they overlap).
+ * label -> a (D, H, W) label map. Each label is propagated on its own (largest component kept);
+ * where several claim a voxel, the one with the highest logit there gets it (`mergeByScore`).
  */
 export async function segmentVolume(
   model: OnnxModel,
@@ -195,16 +192,15 @@ export async function segmentVolume(
     },
   };
   const propagator = new VolumePropagator(new OrtFrameGraphs(model));
-  const maxLabel = Math.max(0, ...targets.map((t) => t.label));
-  const out = maxLabel > 255 ? new Uint16Array(D * H * W) : new Uint8Array(D * H * W);
+  const volumes: LabelVolume[] = [];
   for (const t of targets) {
     const [x0, y0, z0, x1, y1, z1] = t.box;
     const key = Math.floor((z0 + z1) / 2);
     const results = await propagator.propagate(source, { frameIdx: key, box: [x0, y0, x1, y1], points: t.points }, { onSlice: (slice) => opts.onSlice?.({ label: t.label, slice }) });
-    const seg = largestComponent(unionMasks(results, D, H, W), D, H, W);
-    for (let i = 0; i < seg.length; i++) if (seg[i]) out[i] = t.label;
+    const score = maxLogits(results, D, H, W);
+    volumes.push({ label: t.label, mask: largestComponent(positive(score), D, H, W), score });
   }
-  return out;
+  return mergeByScore(volumes, D * H * W);
 }
 
 /**
@@ -266,4 +262,27 @@ export async function predictCase(model: OnnxModel, arrays: Record<string, NpyAr
     for (let i = 0; i < out.length; i++) if (mask[i]) out[i] = b.label;
   }
   return { data: out, shape };
+}
+
+/**
+ * Prompt-level evaluation from an export (`evaluatePromptsInDir`): slice z of a case's `imgs`
+ * (intensities scaled over the whole volume, as `predictCase`) is encoded once, then each prompt
+ * on it is decoded with the stability fallback, the low-res logits kept for the next round.
+ */
+export function sliceSegmenter(model: OnnxModel, arrays: Record<string, NpyArray>, source: string): SliceSegmenter {
+  if (!arrays.imgs) throw new Error(`${source}: npz has no 'imgs' array`);
+  const pixels = pixelsFromNpy(arrays.imgs, `${source}:imgs`);
+  const { depth, height, width, channels } = pixels;
+  const gtShape = arrays.gts?.shape ?? [];
+  const want = depth === 1 && gtShape.length === 2 ? [height, width] : [depth, height, width];
+  if (gtShape.join() !== want.join()) throw new Error(`${source}: gts shape (${gtShape}) does not match imgs (${arrays.imgs.shape})`);
+  const n = height * width * channels;
+  return async (z) => {
+    const input = sliceToModelInput(pixels.data.subarray(z * n, (z + 1) * n), height, width, channels, model.geometry.S);
+    const embedding = await embedImage(model, input);
+    return async (prompt) => {
+      const r = await decodePrompt(model, embedding, pixels, { box: prompt.box, points: prompt.points, mask: prompt.mask });
+      return { mask: binarize(r.logits), lowRes: r.lowRes };
+    };
+  };
 }

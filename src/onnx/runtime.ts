@@ -133,16 +133,17 @@ export class OnnxModel {
     return hostOf((await session.run({ low_res_masks: masks })).masks).data;
   }
 
-  /** The best-IoU mask of (1, M, h, w) (`pickBestMask`), resized like `resizeMasks`, and its IoU. */
-  async bestMask(masks: ort.Tensor, ious: ort.Tensor, size: [number, number]): Promise<{ logits: Float32Array; iou: number }> {
+  /** The best-IoU mask of (1, M, h, w) (`pickBestMask`): low-res, resized like `resizeMasks`, and its IoU. */
+  async bestMask(masks: ort.Tensor, ious: ort.Tensor, size: [number, number]): Promise<{ logits: Float32Array; lowRes: Float32Array; iou: number }> {
     const [, m, h, w] = masks.dims;
     const session = await this.helper(`best of ${m} ${h}x${w} to ${size[0]}x${size[1]}`, (ops) => {
       const best = pickBestMask(ops, ops.input('low_res_masks', [1, m, h, w]), ops.input('iou_predictions', [1, m]));
       ops.output('masks', upsampleMasks(ops, best.mask, size));
+      ops.output('low_res', best.mask);
       ops.output('iou', best.iou);
     });
     const out = await session.run({ low_res_masks: masks, iou_predictions: ious });
-    return { logits: hostOf(out.masks).data, iou: hostOf(out.iou).data[0] };
+    return { logits: hostOf(out.masks).data, lowRes: hostOf(out.low_res).data, iou: hostOf(out.iou).data[0] };
   }
 
   /** (H, W, 3) channels-last normalized image -> the image encoder's NCHW input. */
@@ -170,6 +171,8 @@ export class OnnxModel {
 export interface BoxPrediction {
   /** (height * width) mask logits at the image's own resolution; > 0 is the object */
   logits: Float32Array;
+  /** (4h * 4h) low-res logits of the same mask: the mask prompt of a next correction round */
+  lowRes: Float32Array;
   /** the IoU estimate of the returned mask */
   iou: number;
   objectScore: number;
@@ -193,29 +196,38 @@ export type Click = [number, number, number];
 
 /**
  * Segment one image from a box and/or clicks, as the SAM2 image predictor does: the box as two
- * points (labels 2, 3) followed by the clicks, in model pixels, no mask input, single-mask output
- * (or the best of three with `multimask`), low-res logits resized to the image size.
+ * points (labels 2, 3) followed by the clicks, in model pixels, the previous round's low-res
+ * logits as mask prompt when given (`mask`, 4h * 4h), single-mask output with the stability
+ * fallback (or the best of three with `multimask`), low-res logits resized to the image size.
  */
 export async function decodePrompt(
   model: OnnxModel,
   embedding: ImageEmbedding,
   size: { height: number; width: number },
-  prompt: { box?: [number, number, number, number]; points?: Click[] },
+  prompt: { box?: [number, number, number, number]; points?: Click[]; mask?: Float32Array },
   multimask = false,
 ): Promise<BoxPrediction> {
   const { S, h } = model.geometry;
   if (!prompt.box && !prompt.points?.length) throw new Error('a prompt needs a box or at least one click');
+  if (prompt.mask && prompt.mask.length !== 16 * h * h) throw new Error(`a mask prompt holds ${4 * h}x${4 * h} low-res logits, got ${prompt.mask.length} values`);
   const { coords, labels } = pointsToModel(prompt, size, S);
   const dec = await model.run('maskDecoder', {
     ...embedding,
     point_coords: { data: coords, shape: [1, labels.length, 2] },
     point_labels: { data: labels, shape: [1, labels.length] },
-    mask_input: { data: new Float32Array(16 * h * h), shape: [1, 1, 4 * h, 4 * h] },
-    has_mask_input: { data: Float32Array.from([0]), shape: [1] },
+    mask_input: { data: prompt.mask ?? new Float32Array(16 * h * h), shape: [1, 1, 4 * h, 4 * h] },
+    has_mask_input: { data: Float32Array.from([prompt.mask ? 1 : 0]), shape: [1] },
   });
-  const suffix = multimask ? '_multi' : '';
-  const { logits, iou } = await model.bestMask(dec[`low_res_masks${suffix}`], dec[`iou_predictions${suffix}`], [size.height, size.width]);
-  return { logits, iou, objectScore: hostOf(dec.object_score_logits).data[0] };
+  const objectScore = hostOf(dec.object_score_logits).data[0];
+  if (multimask) return { ...(await model.bestMask(dec.low_res_masks_multi, dec.iou_predictions_multi, [size.height, size.width])), objectScore };
+  const masks = dec.low_res_masks_stable;
+  if (!masks) throw new Error(`${model.dir}: the export predates the single-mask stability output (low_res_masks_stable); re-run \`medtune export\``);
+  return {
+    logits: await model.resizeMasks(masks, [size.height, size.width]),
+    lowRes: hostOf(masks).data,
+    iou: hostOf(dec.iou_predictions_stable).data[0],
+    objectScore,
+  };
 }
 
 /**
