@@ -15,6 +15,10 @@ interface EvalArgs {
   'spacing-order': 'xyz' | 'zyx';
   'nsd-2d': 'slab' | 'contour';
   labels: 'gt' | 'union';
+  'per-slice': boolean;
+  'box-shift': number;
+  seed: string;
+  clicks: number;
 }
 
 export const evalCommand: CommandModule<object, EvalArgs> = {
@@ -61,6 +65,14 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
         array: true,
         describe: 'combine the results of a sharded eval (the --shard-out folders) into the whole table',
       })
+      .option('per-slice', {
+        type: 'boolean',
+        default: false,
+        describe: 'with --onnx: prompt-level eval, each (slice, label) with foreground segmented from a shifted box (and clicks), beside an ellipse in the same box',
+      })
+      .option('box-shift', { type: 'number', default: 0, describe: 'with --per-slice: push each box side outwards by a seeded uniform 0..N px (the volume\'s own pixels)' })
+      .option('seed', { type: 'string', default: '0', describe: 'with --per-slice: seed of the box shifts' })
+      .option('clicks', { type: 'number', default: 0, describe: 'with --per-slice: correction clicks per sample (Dice after each, NoC@85/90; 20 for the usual NoC)' })
       .option('labels', {
         choices: ['gt', 'union'] as const,
         default: 'gt' as const,
@@ -78,7 +90,20 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
     };
     if (argv.merge) {
       if (argv.pred || argv.gt || argv.onnx) throw new Error('--merge combines finished shards: give it no --pred, --gt or --onnx');
-      print(mergeShardReports(argv.merge));
+      const { existsSync, readdirSync } = await import('node:fs');
+      const promptShards = argv.merge.some((d) => existsSync(d) && readdirSync(d).some((f) => f.startsWith('prompt-eval-shard-')));
+      if (promptShards) {
+        const { mergePromptShards, promptReportJson, promptReportTable } = await import('../eval/prompt-eval.js');
+        const report = mergePromptShards(argv.merge);
+        for (const w of report.warnings) process.stderr.write(`warning: ${w}\n`);
+        process.stdout.write(`${argv.json ? promptReportJson(report) : promptReportTable(report)}\n`);
+      } else {
+        print(mergeShardReports(argv.merge));
+      }
+      return;
+    }
+    if (argv['per-slice']) {
+      await perSlice(argv);
       return;
     }
     if (!argv.pred || !argv.gt) throw new Error('eval needs --pred and --gt (or --merge with shard folders)');
@@ -130,3 +155,50 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
     print(report);
   },
 };
+
+/** `eval --per-slice`: prompt-level evaluation from an export (eval/prompt-eval.ts). */
+async function perSlice(argv: EvalArgs): Promise<void> {
+  if (!argv.onnx || !argv.gt) throw new Error('eval --per-slice needs --onnx EXPORT and --gt DIR (npz cases with `imgs` and `gts`)');
+  const { evaluatePromptsInDir, promptReportJson, promptReportTable, promptShardName, promptShardReport } = await import('../eval/prompt-eval.js');
+  const { resolveShard } = await import('../shard.js');
+  const { OnnxModel } = await import('../onnx/runtime.js');
+  const { sliceSegmenter } = await import('../onnx/predict.js');
+  const { mkdirSync, writeFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const shard = resolveShard(argv.shard);
+  if (shard) process.stderr.write(`shard ${shard.index}/${shard.count} (${shard.source})\n`);
+  const shardDir = argv['shard-out'] ?? (argv.pred ? join(argv.pred, 'eval-shards') : undefined);
+  if (shard && !shardDir) throw new Error('a sharded eval --per-slice needs --shard-out DIR (or --pred DIR) for its result file');
+  const model = OnnxModel.open(argv.onnx, { threads: argv.threads, needed: ['imageEncoder', 'maskDecoder'] });
+  const started = performance.now();
+  let samples = 0;
+  let report;
+  try {
+    report = await evaluatePromptsInDir(
+      argv.gt,
+      (file, arrays) => sliceSegmenter(model, arrays, file),
+      { boxShift: argv['box-shift'], seed: argv.seed, clicks: argv.clicks },
+      {
+        shard,
+        onCase: (name, rows) => {
+          samples += rows.length;
+          const mean = rows.length ? rows.reduce((a, r) => a + r.dsc, 0) / rows.length : NaN;
+          process.stderr.write(`${name}: ${rows.length} sample(s), DSC ${mean.toFixed(4)} (${(samples / ((performance.now() - started) / 1000)).toFixed(1)} samples/s)\n`);
+        },
+      },
+    );
+  } finally {
+    await model.release();
+  }
+  for (const w of report.warnings) process.stderr.write(`warning: ${w}\n`);
+  if (shard && shardDir) {
+    mkdirSync(shardDir, { recursive: true });
+    writeFileSync(join(shardDir, promptShardName(shard)), JSON.stringify(promptShardReport(report, shard)));
+    process.stderr.write(`shard result: ${join(shardDir, promptShardName(shard))} (combine with medtune eval --merge ${shardDir})\n`);
+  }
+  if (argv.pred && !shard) {
+    mkdirSync(argv.pred, { recursive: true });
+    writeFileSync(join(argv.pred, 'prompt-eval.json'), `${promptReportJson(report)}\n`);
+  }
+  process.stdout.write(`${argv.json ? promptReportJson(report) : promptReportTable(report)}\n`);
+}
