@@ -33,7 +33,7 @@ const boxFiller = (H: number, W: number): SliceSegmenter => async () => async (p
   return { mask, lowRes: new Float32Array(4) };
 };
 
-const tight = { boxShift: 0, seed: '1', clicks: 0 };
+const tight = { boxShift: 0, seed: '1', clicks: 0, stability: true };
 
 describe('prompt-level evaluation', () => {
   it('NoC: clicks until the IoU first reaches the threshold, the box alone counting 0, capped', () => {
@@ -46,7 +46,7 @@ describe('prompt-level evaluation', () => {
   it('box shifts: seeded per (seed, case, slice, label), each side 0..N outwards, clamped to the slice', () => {
     const tightBox = [10, 12, 20, 30] as const;
     const key = { case: 'a.npz', slice: 3, label: 2 };
-    const settings = { boxShift: 3, seed: '7', clicks: 0 };
+    const settings = { boxShift: 3, seed: '7', clicks: 0, stability: true };
     const box = shiftedBox(tightBox, settings, key, 64, 64);
     expect(shiftedBox(tightBox, settings, key, 64, 64)).toEqual(box);
     const seen = new Set<string>();

@@ -19,6 +19,7 @@ interface EvalArgs {
   'box-shift': number;
   seed: string;
   clicks: number;
+  stability: boolean;
 }
 
 export const evalCommand: CommandModule<object, EvalArgs> = {
@@ -73,6 +74,11 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
       .option('box-shift', { type: 'number', default: 0, describe: 'with --per-slice: push each box side outwards by a seeded uniform 0..N px (the volume\'s own pixels)' })
       .option('seed', { type: 'string', default: '0', describe: 'with --per-slice: seed of the box shifts' })
       .option('clicks', { type: 'number', default: 0, describe: 'with --per-slice: correction clicks per sample (Dice after each, NoC@85/90; 20 for the usual NoC)' })
+      .option('stability', {
+        type: 'boolean',
+        default: true,
+        describe: 'with --per-slice: the official single-mask choice (stability fallback to the best multimask output); --no-stability keeps the single-mask token\'s mask (models trained on it alone)',
+      })
       .option('labels', {
         choices: ['gt', 'union'] as const,
         default: 'gt' as const,
@@ -176,8 +182,8 @@ async function perSlice(argv: EvalArgs): Promise<void> {
   try {
     report = await evaluatePromptsInDir(
       argv.gt,
-      (file, arrays) => sliceSegmenter(model, arrays, file),
-      { boxShift: argv['box-shift'], seed: argv.seed, clicks: argv.clicks },
+      (file, arrays) => sliceSegmenter(model, arrays, file, argv.stability),
+      { boxShift: argv['box-shift'], seed: argv.seed, clicks: argv.clicks, stability: argv.stability },
       {
         shard,
         onCase: (name, rows) => {

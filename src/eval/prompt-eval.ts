@@ -35,6 +35,8 @@ export interface PromptSettings {
   boxShift: number;
   seed: string;
   clicks: number;
+  /** the single mask chosen with the official stability fallback (else the single-mask token's, as it is) */
+  stability: boolean;
 }
 
 /** A prompt on one slice, in the slice's pixels. */
@@ -217,7 +219,7 @@ export function promptReportTable(r: PromptEvalReport): string {
   for (const l of r.perLabel) group(l.name, l.summary);
   group('all', r.all);
   lines.push(
-    `${r.all.n} (slice, label) sample(s) of ${r.numCases} case(s); boxes shifted outwards by 0..${r.settings.boxShift} px (seed ${r.settings.seed})` +
+    `${r.all.n} (slice, label) sample(s) of ${r.numCases} case(s); boxes shifted outwards by 0..${r.settings.boxShift} px (seed ${r.settings.seed}); single mask ${r.settings.stability ? 'with the stability fallback' : 'token 0 as it is'}` +
       (k > 0 ? `; ${k} correction click(s), NoC capped at ${NOC_CAP} (not reached within ${k} click(s) counts ${NOC_CAP})` : ''),
   );
   return lines.join('\n');
@@ -244,7 +246,7 @@ export function promptShardReport(r: PromptEvalReport, shard: { index: number; c
 
 /** The whole run from its shards' files: exactly the unsharded report. */
 export function mergePromptShards(dirs: string[]): PromptEvalReport {
-  const shards = gatherShards<PromptShardReport>(dirs, 'prompt-eval-shard', 'medtune-prompt-eval-shard', (r) => `with box shift ${r.settings.boxShift}, seed ${r.settings.seed}, ${r.settings.clicks} click(s)`);
+  const shards = gatherShards<PromptShardReport>(dirs, 'prompt-eval-shard', 'medtune-prompt-eval-shard', (r) => `with box shift ${r.settings.boxShift}, seed ${r.settings.seed}, ${r.settings.clicks} click(s), stability ${r.settings.stability}`);
   return summarizePrompts(byCaseName(shards.flatMap((r) => r.rows)), shards[0].settings, shards.flatMap((r) => r.warnings));
 }
 

@@ -267,9 +267,10 @@ export async function predictCase(model: OnnxModel, arrays: Record<string, NpyAr
 /**
  * Prompt-level evaluation from an export (`evaluatePromptsInDir`): slice z of a case's `imgs`
  * (intensities scaled over the whole volume, as `predictCase`) is encoded once, then each prompt
- * on it is decoded with the stability fallback, the low-res logits kept for the next round.
+ * on it is decoded (single mask, with the stability fallback unless `stability` is false), the
+ * low-res logits kept for the next round.
  */
-export function sliceSegmenter(model: OnnxModel, arrays: Record<string, NpyArray>, source: string): SliceSegmenter {
+export function sliceSegmenter(model: OnnxModel, arrays: Record<string, NpyArray>, source: string, stability = true): SliceSegmenter {
   if (!arrays.imgs) throw new Error(`${source}: npz has no 'imgs' array`);
   const pixels = pixelsFromNpy(arrays.imgs, `${source}:imgs`);
   const { depth, height, width, channels } = pixels;
@@ -281,7 +282,7 @@ export function sliceSegmenter(model: OnnxModel, arrays: Record<string, NpyArray
     const input = sliceToModelInput(pixels.data.subarray(z * n, (z + 1) * n), height, width, channels, model.geometry.S);
     const embedding = await embedImage(model, input);
     return async (prompt) => {
-      const r = await decodePrompt(model, embedding, pixels, { box: prompt.box, points: prompt.points, mask: prompt.mask });
+      const r = await decodePrompt(model, embedding, pixels, { box: prompt.box, points: prompt.points, mask: prompt.mask }, false, stability);
       return { mask: binarize(r.logits), lowRes: r.lowRes };
     };
   };

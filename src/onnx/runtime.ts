@@ -198,7 +198,9 @@ export type Click = [number, number, number];
  * Segment one image from a box and/or clicks, as the SAM2 image predictor does: the box as two
  * points (labels 2, 3) followed by the clicks, in model pixels, the previous round's low-res
  * logits as mask prompt when given (`mask`, 4h * 4h), single-mask output with the stability
- * fallback (or the best of three with `multimask`), low-res logits resized to the image size.
+ * fallback (`stability` false: the single-mask token's mask as it is, for models whose multimask
+ * tokens were never trained), or the best of three with `multimask`; low-res logits resized to
+ * the image size.
  */
 export async function decodePrompt(
   model: OnnxModel,
@@ -206,6 +208,7 @@ export async function decodePrompt(
   size: { height: number; width: number },
   prompt: { box?: [number, number, number, number]; points?: Click[]; mask?: Float32Array },
   multimask = false,
+  stability = true,
 ): Promise<BoxPrediction> {
   const { S, h } = model.geometry;
   if (!prompt.box && !prompt.points?.length) throw new Error('a prompt needs a box or at least one click');
@@ -220,12 +223,12 @@ export async function decodePrompt(
   });
   const objectScore = hostOf(dec.object_score_logits).data[0];
   if (multimask) return { ...(await model.bestMask(dec.low_res_masks_multi, dec.iou_predictions_multi, [size.height, size.width])), objectScore };
-  const masks = dec.low_res_masks_stable;
+  const masks = stability ? dec.low_res_masks_stable : dec.low_res_masks;
   if (!masks) throw new Error(`${model.dir}: the export predates the single-mask stability output (low_res_masks_stable); re-run \`medtune export\``);
   return {
     logits: await model.resizeMasks(masks, [size.height, size.width]),
     lowRes: hostOf(masks).data,
-    iou: hostOf(dec.iou_predictions_stable).data[0],
+    iou: hostOf(stability ? dec.iou_predictions_stable : dec.iou_predictions).data[0],
     objectScore,
   };
 }
