@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import yargs from 'yargs';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { evalCommand } from '../src/commands/eval.js';
-import { evaluateCase, evaluateDirs, evaluateWithPredictor, reportCsv, reportJson } from '../src/eval/evaluate.js';
+import { evaluateCase, evaluateDirs, evaluateWithPredictor, mergeShardReports, reportCsv, reportJson, reportTable, shardReport } from '../src/eval/evaluate.js';
 import { normalizedSurfaceDice, scoreBinary } from '../src/eval/metrics.js';
 import { encodeNpz, readNpz, type TypedArray } from '../src/io/npz.js';
 import { readSafetensors } from '../src/io/safetensors.js';
@@ -154,7 +154,11 @@ describe('evaluate: directories, conventions and output', () => {
     expect(report.mean.nsd).toBeCloseTo((caseMean('a.npz', 'nsd') + 1) / 2, 12);
 
     const json = JSON.parse(reportJson(report));
-    expect(Object.keys(json)).toEqual(['cases', 'mean']);
+    expect(Object.keys(json)).toEqual(['cases', 'mean', 'per_label']);
+    // per label: the mean over the cases that score it, named by number when the folder names none
+    expect(Object.keys(json.per_label)).toEqual(['1', '4']);
+    expect(json.per_label['4'].dsc).toBeCloseTo((report.cases[1].dsc + 1) / 2, 12);
+    expect(json.per_label['4'].n).toBe(2);
     expect(Object.keys(json.cases[0])).toEqual(['case', 'label', 'dsc', 'nsd']);
     expect(Object.keys(json.mean)).toEqual(['dsc', 'nsd']);
     const csv = reportCsv(report).trim().split('\n');
@@ -167,6 +171,23 @@ describe('evaluate: directories, conventions and output', () => {
     const g1 = gt.map((v) => (v === 1 ? 1 : 0));
     const p1 = pred.map((v) => (v === 1 ? 1 : 0));
     expect(asStored.cases[0].nsd).toBe(normalizedSurfaceDice(g1, p1, shape, spacingXyz, 1));
+  });
+
+  it('label names from the ground-truth folder (labels.json) in the table and the JSON, kept through shards', () => {
+    const d = dirs('names');
+    writeNpz(join(d.gt, 'a.npz'), { gts: { data: gt, shape }, spacing: { data: Float64Array.from(spacingXyz), shape: [3] } });
+    writeNpz(join(d.pred, 'a.npz'), { segs: { data: pred, shape } });
+    writeFileSync(join(d.gt, 'labels.json'), '{"1": "Anterior", "4": "Posterior"}');
+    const report = evaluateDirs(d.pred, d.gt);
+    expect(report.perLabel.map((l) => [l.label, l.name, l.n])).toEqual([[1, 'Anterior', 1], [4, 'Posterior', 1]]);
+    expect(Object.keys(JSON.parse(reportJson(report)).per_label)).toEqual(['Anterior', 'Posterior']);
+    const table = reportTable(report);
+    expect(table).toMatch(/^a\.npz\s+Anterior\s+0\.\d{4}/m);
+    expect(table).toMatch(new RegExp(`^mean of 1\\s+Posterior\\s+${report.cases[1].dsc.toFixed(4)}`, 'm'));
+    const shardDir = join(root, 'names', 'shards');
+    mkdirSync(shardDir, { recursive: true });
+    writeFileSync(join(shardDir, 'eval-shard-0-of-1.json'), JSON.stringify(shardReport(report, { index: 0, count: 1, source: 'test' })));
+    expect(reportTable(mergeShardReports([shardDir]))).toBe(table);
   });
 
   it('2D cases: challenge slab by default, contour on request', () => {

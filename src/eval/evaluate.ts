@@ -28,6 +28,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { readNpz, type NpyArray } from '../io/npz.js';
 import { shardCases, type Shard } from '../shard.js';
+import { labelName, readLabelNames } from './labels.js';
 import { scoreBinary } from './metrics.js';
 
 export type SpacingOrder = 'xyz' | 'zyx';
@@ -60,6 +61,10 @@ export interface CaseLabelResult {
 export interface EvalReport {
   cases: CaseLabelResult[];
   mean: { dsc: number; nsd: number };
+  /** per label (in label order): mean over the cases that score it */
+  perLabel: Array<{ label: number; name: string; n: number; dsc: number; nsd: number }>;
+  /** names of the labels (labels.json / dataset.json beside the ground truth) */
+  labelNames: Record<string, string>;
   /** number of cases that entered the mean */
   numCases: number;
   toleranceMm: number;
@@ -163,22 +168,34 @@ export function evaluateCase(c: EvalCase, options: EvalOptions = {}): { rows: Ca
   return { rows, warnings };
 }
 
-/** Aggregate rows: mean over cases of per-case label means. */
-export function summarize(rows: CaseLabelResult[], toleranceMm: number, warnings: string[] = []): EvalReport {
+/** Aggregate rows: mean over cases of per-case label means, and per label the mean over cases. */
+export function summarize(rows: CaseLabelResult[], toleranceMm: number, warnings: string[] = [], names: ReadonlyMap<number, string> = new Map()): EvalReport {
   const byCase = new Map<string, CaseLabelResult[]>();
+  const byLabel = new Map<number, CaseLabelResult[]>();
   for (const r of rows) {
-    const list = byCase.get(r.case) ?? [];
-    list.push(r);
-    byCase.set(r.case, list);
+    byCase.set(r.case, [...(byCase.get(r.case) ?? []), r]);
+    byLabel.set(r.label, [...(byLabel.get(r.label) ?? []), r]);
   }
+  const mean = (list: CaseLabelResult[], k: 'dsc' | 'nsd') => list.reduce((a, r) => a + r[k], 0) / list.length;
   let dsc = 0;
   let nsd = 0;
   for (const list of byCase.values()) {
-    dsc += list.reduce((a, r) => a + r.dsc, 0) / list.length;
-    nsd += list.reduce((a, r) => a + r.nsd, 0) / list.length;
+    dsc += mean(list, 'dsc');
+    nsd += mean(list, 'nsd');
   }
   const n = byCase.size;
-  return { cases: rows, mean: { dsc: n ? dsc / n : NaN, nsd: n ? nsd / n : NaN }, numCases: n, toleranceMm, warnings };
+  const perLabel = [...byLabel.entries()]
+    .sort((a, b) => a[0] - b[0])
+    .map(([label, list]) => ({ label, name: labelName(names, label), n: list.length, dsc: mean(list, 'dsc'), nsd: mean(list, 'nsd') }));
+  return {
+    cases: rows,
+    mean: { dsc: n ? dsc / n : NaN, nsd: n ? nsd / n : NaN },
+    perLabel,
+    labelNames: Object.fromEntries(names),
+    numCases: n,
+    toleranceMm,
+    warnings,
+  };
 }
 
 /** Score a list of cases (each already in memory). */
@@ -300,7 +317,7 @@ export function evaluateDirs(
   }
   const extra = [...predFiles].filter((f) => !allGtFiles.includes(f));
   if (extra.length) warnings.push(`${extra.length} prediction file(s) without ground truth ignored: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ', ...' : ''}`);
-  return summarize(rows, opts.toleranceMm, warnings);
+  return summarize(rows, opts.toleranceMm, warnings, readLabelNames(gtDir));
 }
 
 /**
@@ -334,7 +351,7 @@ export async function evaluateWithPredictor(
     warnings.push(...r.warnings);
     onCase?.(f, r.rows);
   }
-  return summarize(rows, opts.toleranceMm, warnings);
+  return summarize(rows, opts.toleranceMm, warnings, readLabelNames(gtDir));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -346,11 +363,19 @@ export interface ShardReport {
   shard: { index: number; count: number };
   toleranceMm: number;
   cases: CaseLabelResult[];
+  labelNames?: Record<string, string>;
   warnings: string[];
 }
 
 export function shardReport(report: EvalReport, shard: Shard): ShardReport {
-  return { format: 'medtune-eval-shard', shard: { index: shard.index, count: shard.count }, toleranceMm: report.toleranceMm, cases: report.cases, warnings: report.warnings };
+  return {
+    format: 'medtune-eval-shard',
+    shard: { index: shard.index, count: shard.count },
+    toleranceMm: report.toleranceMm,
+    cases: report.cases,
+    labelNames: report.labelNames,
+    warnings: report.warnings,
+  };
 }
 
 export function shardReportName(shard: Shard): string {
@@ -404,15 +429,17 @@ export function byCaseName<T extends { case: string }>(rows: T[]): T[] {
  */
 export function mergeShardReports(dirs: string[]): EvalReport {
   const shards = gatherShards<ShardReport>(dirs, 'eval-shard', 'medtune-eval-shard', (r) => `at ${r.toleranceMm} mm`);
-  return summarize(byCaseName(shards.flatMap((r) => r.cases)), shards[0].toleranceMm, shards.flatMap((r) => r.warnings));
+  const names = new Map(Object.entries(shards[0].labelNames ?? {}).map(([k, v]) => [Number(k), v]));
+  return summarize(byCaseName(shards.flatMap((r) => r.cases)), shards[0].toleranceMm, shards.flatMap((r) => r.warnings), names);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Output
 
-/** `{"cases":[{"case","label","dsc","nsd"}],"mean":{"dsc","nsd"}}` */
+/** `{"cases":[{"case","label","dsc","nsd"}],"mean":{"dsc","nsd"},"per_label":{name:{"label","n","dsc","nsd"}}}` */
 export function reportJson(report: EvalReport): string {
-  return JSON.stringify({ cases: report.cases, mean: report.mean });
+  const perLabel = Object.fromEntries(report.perLabel.map((l) => [l.name, { label: l.label, n: l.n, dsc: l.dsc, nsd: l.nsd }]));
+  return JSON.stringify({ cases: report.cases, mean: report.mean, per_label: perLabel });
 }
 
 export function reportCsv(report: EvalReport): string {
@@ -424,10 +451,15 @@ export function reportCsv(report: EvalReport): string {
 }
 
 export function reportTable(report: EvalReport): string {
+  const names = new Map(Object.entries(report.labelNames).map(([k, v]) => [Number(k), v]));
   const w = Math.max(4, ...report.cases.map((r) => r.case.length));
-  const lines = [`${'case'.padEnd(w)}  label     DSC     NSD`];
+  const lw = Math.max(5, ...report.perLabel.map((l) => l.name.length));
+  const lines = [`${'case'.padEnd(w)}  ${'label'.padStart(lw)}     DSC     NSD`];
   for (const r of report.cases) {
-    lines.push(`${r.case.padEnd(w)}  ${String(r.label).padStart(5)}  ${r.dsc.toFixed(4)}  ${r.nsd.toFixed(4)}`);
+    lines.push(`${r.case.padEnd(w)}  ${labelName(names, r.label).padStart(lw)}  ${r.dsc.toFixed(4)}  ${r.nsd.toFixed(4)}`);
+  }
+  if (report.perLabel.length > 1) {
+    for (const l of report.perLabel) lines.push(`${`mean of ${l.n}`.padEnd(w)}  ${l.name.padStart(lw)}  ${l.dsc.toFixed(4)}  ${l.nsd.toFixed(4)}`);
   }
   lines.push(
     `mean over ${report.numCases} case(s) (NSD at ${report.toleranceMm} mm): DSC ${report.mean.dsc.toFixed(4)}  NSD ${report.mean.nsd.toFixed(4)}`,
