@@ -3,6 +3,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { ellipseInBoxDice } from '../src/eval/baseline.js';
 import { readLabelNames } from '../src/eval/labels.js';
 import {
   clicksToReach,
@@ -106,6 +107,17 @@ describe('prompt-level evaluation', () => {
     expect(report.all.noc85).toBe((1 + 0) / 2);
     expect(report.all.noc90).toBe((1 + NOC_CAP) / 2);
     [0.43, 0.89, 0.945].forEach((v, k) => expect(report.all.click_iou![k]).toBeCloseTo(v, 12));
+  });
+
+  it('the training-time ellipse baseline (low-res masks, boxes in input pixels) shares the ellipse', () => {
+    // 4 x 4 low-res grid of an 8 px input, box over all of it: the 4 corner cells' centres lie outside
+    const b = { batchSize: 2, imageSize: 8, maskSize: 4, boxes: Float32Array.from([0, 0, 8, 8, 0, 0, 4, 4]), masks: new Float32Array(32).fill(1) };
+    // second sample: a 4 px box = the top-left 2 x 2 cells, all inside its ellipse ((1 - 2)^2 / 4 * 2 = 0.5); ground truth one of them
+    b.masks.fill(0, 16);
+    b.masks[16] = 1;
+    const [full, small] = ellipseInBoxDice(b);
+    expect(full).toBeCloseTo(24 / 28, 12);
+    expect(small).toBeCloseTo((2 * 1) / (1 + 4), 12);
   });
 
   it('label names from labels.json or a Decathlon dataset.json; a broken file is named', () => {
