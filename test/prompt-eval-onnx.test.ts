@@ -127,10 +127,23 @@ describe('eval --per-slice from an export', () => {
     await expect(run(['--merge', shardDir, join(root, 'other')])).rejects.toThrow(/1 click\(s\).*2 click\(s\)|2 click\(s\).*1 click\(s\)/);
   }, 300_000);
 
-  it('bad input is named', async () => {
+  it('2D cases: one slice; bad input is named', async () => {
+    const dir2d = join(root, 'gt2d');
+    mkdirSync(dir2d, { recursive: true });
+    const imgs = new Uint8Array(H * W).fill(20);
+    const gts = new Uint8Array(H * W);
+    for (let y = 4; y < 12; y++) for (let x = 6; x < 20; x++) [imgs[y * W + x], gts[y * W + x]] = [220, 3];
+    writeFileSync(join(dir2d, 'img.npz'), encodeNpz({ imgs: { data: imgs, shape: [H, W] }, gts: { data: gts, shape: [H, W] } }));
+    const r = JSON.parse(await run(['--onnx', exportDir, '--gt', dir2d, '--per-slice', '--threads', '1', '--json']));
+    expect(r.cases.map((x: Row) => [x.case, x.slice, x.name, x.box])).toEqual([['img.npz', 0, '3', [6, 4, 19, 11]]]);
+
     await expect(run(['--gt', gtDir, '--per-slice'])).rejects.toThrow(/--per-slice needs --onnx/);
     await expect(run([...base.slice(0, 4), '--per-slice', '--box-shift', '1.5'])).rejects.toThrow(/--box-shift must be a non-negative integer/);
-  });
+    writeFileSync(join(dir2d, 'img.npz'), encodeNpz({ imgs: { data: imgs, shape: [H, W] }, gts: { data: gts.subarray(0, H * (W - 1)), shape: [H, W - 1] } }));
+    await expect(run(['--onnx', exportDir, '--gt', dir2d, '--per-slice'])).rejects.toThrow(/img\.npz: gts shape \(24,27\) does not match imgs \(24,28\)/);
+    writeFileSync(join(dir2d, 'img.npz'), encodeNpz({ imgs: { data: imgs, shape: [H, W] } }));
+    await expect(run(['--onnx', exportDir, '--gt', dir2d, '--per-slice'])).rejects.toThrow(/img\.npz: no `gts` array/);
+  }, 120_000);
 });
 
 describe('the export\'s single-mask output with the stability fallback, on the official decoder outputs', () => {
