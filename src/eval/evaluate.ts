@@ -172,9 +172,10 @@ export function evaluateCase(c: EvalCase, options: EvalOptions = {}): { rows: Ca
 export function summarize(rows: CaseLabelResult[], toleranceMm: number, warnings: string[] = [], names: ReadonlyMap<number, string> = new Map()): EvalReport {
   const byCase = new Map<string, CaseLabelResult[]>();
   const byLabel = new Map<number, CaseLabelResult[]>();
+  const add = <K>(m: Map<K, CaseLabelResult[]>, k: K, r: CaseLabelResult) => (m.get(k) ?? m.set(k, []).get(k)!).push(r);
   for (const r of rows) {
-    byCase.set(r.case, [...(byCase.get(r.case) ?? []), r]);
-    byLabel.set(r.label, [...(byLabel.get(r.label) ?? []), r]);
+    add(byCase, r.case, r);
+    add(byLabel, r.label, r);
   }
   const mean = (list: CaseLabelResult[], k: 'dsc' | 'nsd') => list.reduce((a, r) => a + r[k], 0) / list.length;
   let dsc = 0;
