@@ -126,18 +126,18 @@ export function checkPoints(points: Click[], dims: { height: number; width: numb
   }
 }
 
-/** 2D: one image, a box and/or clicks (image pixels) -> a binary mask (H * W, 1 = object) and the mask's scores. */
+/** 2D: one image, a box and/or clicks (image pixels) -> a binary mask (H * W, 1 = object), its logits and scores. */
 export async function segmentImage(
   model: OnnxModel,
   image: Pixels01,
   box: Box2D | undefined,
   opts: { multimask?: boolean; points?: Click[] } = {},
-): Promise<{ mask: Uint8Array; iou: number; objectScore: number }> {
+): Promise<{ mask: Uint8Array; logits: Float32Array; iou: number; objectScore: number }> {
   if (box) checkBox(box, image);
   if (opts.points) checkPoints(opts.points, image);
   const input = sliceToModelInput(image.data, image.height, image.width, image.channels, model.geometry.S);
   const r = await decodePrompt(model, await embedImage(model, input), image, { box, points: opts.points }, opts.multimask);
-  return { mask: binarize(r.logits), iou: r.iou, objectScore: r.objectScore };
+  return { mask: binarize(r.logits), logits: r.logits, iou: r.iou, objectScore: r.objectScore };
 }
 
 /** Mask logits -> 1 where > 0. */
@@ -242,7 +242,7 @@ export function boxesFromLabels(
  * Prediction-first evaluation (`evaluateWithPredictor` in eval/evaluate.ts): segment a
  * challenge-format case (`imgs`, and `gts` for the prompts) from the bounding box of each
  * ground-truth label, as the challenges derive prompts: a 3D box per label for volumes, a 2D box
- * per label for images.
+ * per label for images; overlapping labels merged by score.
  */
 export async function predictCase(model: OnnxModel, arrays: Record<string, NpyArray>, source: string): Promise<{ data: Uint8Array | Uint16Array; shape: number[] }> {
   if (!arrays.imgs) throw new Error(`${source}: npz has no 'imgs' array`);
@@ -256,12 +256,12 @@ export async function predictCase(model: OnnxModel, arrays: Record<string, NpyAr
     const targets = boxes.map((b) => ({ label: b.label, box: b.box as Box3D }));
     return { data: await segmentVolume(model, pixels, targets), shape };
   }
-  const out = boxes.some((b) => b.label > 255) ? new Uint16Array(height * width) : new Uint8Array(height * width);
+  const masks: LabelVolume[] = [];
   for (const b of boxes) {
-    const { mask } = await segmentImage(model, pixels, b.box as Box2D);
-    for (let i = 0; i < out.length; i++) if (mask[i]) out[i] = b.label;
+    const { mask, logits } = await segmentImage(model, pixels, b.box as Box2D);
+    masks.push({ label: b.label, mask, score: logits });
   }
-  return { data: out, shape };
+  return { data: mergeByScore(masks, height * width), shape };
 }
 
 /**
