@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { selectBackend } from '../backend.js';
 import { meanEllipseDice } from '../eval/baseline.js';
 import { configToYaml, type TrainConfig } from './config.js';
+import { openEmbeddingCache } from './embedding-cache.js';
 import { MetricsLog } from './metrics-log.js';
 import { saveStepCheckpoints, watchStopSignals, type RunProgress } from './run-progress.js';
 import { lrScale } from './schedule.js';
@@ -66,6 +67,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const configYaml = configToYaml(config);
   writeFileSync(join(runDir, 'config.yaml'), configYaml);
   const run = setupModel(config, runDir, opts.resume, say);
+  run.embeddingCache = await openEmbeddingCache(config, run, runDir, say);
   const { loader, valSet } = await setupData(config, run.modelConfig.image_size, runDir, run.resumed?.state.loader, say);
   const ellipseDice = meanEllipseDice(valSet);
   if (ellipseDice !== null) say(`validation baseline: an ellipse filling each box scores Dice ${ellipseDice.toFixed(4)}`);
