@@ -224,7 +224,7 @@ describe('embedding cache in training', () => {
   });
 
   it('a decoder-only run with the cache takes the same steps as without it', async () => {
-    const runs: Record<string, { losses: number[]; lines: string[]; tensors: number[] }> = {};
+    const runs: Record<string, { losses: number[]; valDice: number[]; lines: string[]; tensors: number[] }> = {};
     for (const enabled of ['auto', false] as const) {
       const lines: string[] = [];
       const tensors: number[] = [];
@@ -233,7 +233,7 @@ describe('embedding cache in training', () => {
       console.log = (m: string) => lines.push(String(m));
       try {
         const r = await train({ config: decoderOnly(enabled), runDir, handleSignals: false, progress: false, onStep: (s) => tensors.push(s.numTensors) });
-        runs[String(enabled)] = { losses: r.losses, lines, tensors };
+        runs[String(enabled)] = { losses: r.losses, valDice: r.valDice.map((v) => v.dice), lines, tensors };
       } finally {
         console.log = log;
       }
@@ -246,6 +246,9 @@ describe('embedding cache in training', () => {
     expect(off.lines).toContain('embedding cache: off (train.embedding_cache.enabled: false)');
     expect(on.losses).toHaveLength(8);
     on.losses.forEach((l, i) => expect(Math.abs(l - off.losses[i]) / Math.abs(off.losses[i])).toBeLessThanOrEqual(1e-6));
+    // validation (before training and at the end) decodes from the cache too
+    expect(on.valDice).toHaveLength(2);
+    on.valDice.forEach((d, i) => expect(Math.abs(d - off.valDice[i])).toBeLessThanOrEqual(1e-6));
     expect(new Set(on.tensors).size).toBe(1);
   });
 });

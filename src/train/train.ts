@@ -78,7 +78,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const stop = watchStopSignals(opts.handleSignals ?? true, (sig) => log.message(`${sig}: finishing step ${p.step + 1}, then saving a checkpoint (again to quit at once)`));
   /** validation at the current step; true when it is the best so far */
   const validateNow = async (note?: string) => {
-    const v = await validate(run.model, run.ops, valSet);
+    const v = await validate(run.model, run.ops, valSet, run.embeddingCache);
     result.valDice.push({ step: p.step, dice: v.dice });
     log.val(p.step, v.dice, v.overlay);
     const better = p.bestValDice === null || v.dice > p.bestValDice;
