@@ -16,7 +16,7 @@ import { resolveModelConfig } from '../src/model/config.js';
 import { SAM2Base } from '../src/model/sam2.js';
 import { TfOps } from '../src/model/tf-ops.js';
 import { initParams, toTfParams } from '../src/model/weights.js';
-import { parseConfig, type TrainConfig } from '../src/train/config.js';
+import { loadConfig, parseConfig, type TrainConfig } from '../src/train/config.js';
 import { EMBEDDING_CACHE_DIR, EmbeddingCache, embeddingCacheBlocker, encoderHash, openEmbeddingCache } from '../src/train/embedding-cache.js';
 import { setupModel } from '../src/train/setup.js';
 import { train } from '../src/train/train.js';
@@ -221,6 +221,17 @@ describe('embedding cache in training', () => {
     expect(said).toEqual([expect.stringMatching(/^embedding cache: off \(the image encoder trains/)]);
     tf.dispose([...run.params.values()]);
     run.optimizer.dispose();
+  });
+
+  it('configs/demo-decoder-only.yaml can cache; a wrong setting names its key', () => {
+    const config = loadConfig(join(import.meta.dirname, '..', 'configs', 'demo-decoder-only.yaml'), { overrides: ['model.checkpoint=null'] });
+    expect(config.train.embedding_cache).toEqual({ enabled: true, max_gb: 2 });
+    const run = setupModel(config, tmpRunDir('demo-decoder-only'), undefined, () => undefined);
+    expect(embeddingCacheBlocker(config, run.trainable.keys())).toBeNull();
+    tf.dispose([...run.params.values()]);
+    run.optimizer.dispose();
+    const base = tinyConfig(data);
+    expect(() => parseConfig({ ...base, train: { ...base.train, embedding_cache: { enabled: 'sometimes' } } })).toThrow(/train\.embedding_cache\.enabled/);
   });
 
   it('a decoder-only run with the cache takes the same steps as without it', async () => {
