@@ -208,15 +208,15 @@ describe('embedding cache in training', () => {
 
   it('says why it cannot be on, and refuses `enabled: true` then', async () => {
     const base = tinyConfig(data); // trains the encoder, flips
-    expect(embeddingCacheBlocker(base, ['image_encoder.trunk.pos_embed', 'sam_mask_decoder.iou_token.weight'])).toMatch(/image encoder trains.*image_encoder\.trunk\.pos_embed/);
-    expect(embeddingCacheBlocker(base, ['sam_mask_decoder.iou_token.weight'])).toMatch(/data\.augment changes the pixels \(flip_h\)/);
+    expect(embeddingCacheBlocker(base, ['image_encoder.trunk.pos_embed', 'sam_mask_decoder.iou_token.weight'])?.why).toMatch(/image encoder trains.*image_encoder\.trunk\.pos_embed/);
+    expect(embeddingCacheBlocker(base, ['sam_mask_decoder.iou_token.weight'])?.why).toMatch(/data\.augment changes the pixels \(flip_h\)/);
     expect(embeddingCacheBlocker(decoderOnly('auto'), ['sam_mask_decoder.iou_token.weight'])).toBeNull();
 
     const said: string[] = [];
     const runDir = tmpRunDir('cache-refused');
     const strict = parseConfig({ ...base, train: { ...base.train, embedding_cache: { enabled: true } } });
     const run = setupModel(strict, runDir, undefined, () => undefined);
-    await expect(openEmbeddingCache(strict, run, runDir, (m) => said.push(m))).rejects.toThrow(/enabled is true.*image encoder trains/);
+    await expect(openEmbeddingCache(strict, run, runDir, (m) => said.push(m))).rejects.toThrow(/enabled is true.*image encoder trains.*To cache them leave image_encoder out of model\.trainable/);
     expect(await openEmbeddingCache(base, run, runDir, (m) => said.push(m))).toBeUndefined();
     expect(said).toEqual([expect.stringMatching(/^embedding cache: off \(the image encoder trains/)]);
     tf.dispose([...run.params.values()]);

@@ -269,13 +269,13 @@ export async function encoderHash(model: SAM2Base, params: Map<string, tf.Variab
   return h.digest('hex');
 }
 
-/** Why a run cannot reuse embeddings across epochs, or null when it can. */
-export function embeddingCacheBlocker(config: TrainConfig, trainable: Iterable<string>): string | null {
+/** Why a run cannot reuse embeddings across epochs and what would let it, or null when it can. */
+export function embeddingCacheBlocker(config: TrainConfig, trainable: Iterable<string>): { why: string; fix: string } | null {
   const encoderParam = [...trainable].find((k) => k.startsWith('image_encoder.'));
-  if (encoderParam) return `the image encoder trains (model.trainable includes ${encoderParam})`;
+  if (encoderParam) return { why: `the image encoder trains (model.trainable includes ${encoderParam})`, fix: 'leave image_encoder out of model.trainable' };
   const a = config.data.augment;
   const pixelAugment = [a.flip_h && 'flip_h', a.flip_v && 'flip_v', a.max_rotation > 0 && 'max_rotation'].filter(Boolean);
-  if (pixelAugment.length > 0) return `data.augment changes the pixels (${pixelAugment.join(', ')})`;
+  if (pixelAugment.length > 0) return { why: `data.augment changes the pixels (${pixelAugment.join(', ')})`, fix: 'turn off data.augment flip_h, flip_v and max_rotation' };
   return null;
 }
 
@@ -293,11 +293,11 @@ export async function openEmbeddingCache(config: TrainConfig, run: ModelSetup, r
   if (blocker) {
     if (enabled === true) {
       throw new ConfigError(
-        `train.embedding_cache.enabled is true, but image embeddings cannot be reused across epochs: ${blocker}. ` +
-          'Freeze the image encoder (leave image_encoder out of model.trainable) and turn off flips and rotation, or set enabled: auto.',
+        `train.embedding_cache.enabled is true, but image embeddings cannot be reused across epochs: ${blocker.why}. ` +
+          `To cache them ${blocker.fix}; or set train.embedding_cache.enabled: auto.`,
       );
     }
-    say(`embedding cache: off (${blocker})`);
+    say(`embedding cache: off (${blocker.why})`);
     return undefined;
   }
   const { model, ops } = run;
