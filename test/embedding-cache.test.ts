@@ -78,6 +78,16 @@ describe('embedding cache', () => {
     tf.dispose([images, boxes, ...Object.values(full)]);
   });
 
+  it('batches from worker threads name the same slices', async () => {
+    const opts = { files: data.train, imageSize: S, batchSize: 4, bboxShift: 5, seed: 1, augment: false, prefetch: 0, log: () => undefined };
+    const main = createTrainLoader(opts);
+    const threaded = createTrainLoader({ ...opts, workers: 1 });
+    const [a, b] = [await main.next(), await threaded.next()];
+    await Promise.all([main.close(), threaded.close()]);
+    expect(b.slices).toEqual(a.slices);
+    expect(b.slices.map((r) => `${basename(r.path)}#slice=${r.slice}`)).toEqual(b.sources.map((src) => src.split(',')[0]));
+  });
+
   it('encodes each slice once in the first epoch and reads every one from the cache in the second', async () => {
     const { batches, perEpoch } = await unaugmentedBatches(2, 2);
     const slicesOf = (bs: Batch[]) => new Set(bs.flatMap((b) => b.slices.map((r) => `${r.path}#${r.slice}`)));
