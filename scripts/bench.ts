@@ -7,6 +7,7 @@
  * onnxruntime-node latencies of the exported graphs; data-pipeline samples/s.
  * `--only webgpu` (with `--backend webgpu`): the demo model's forward and forward+backward img/s,
  * dispatches and bytes written per step, and GPU time by op class (tf.profile, timestamp queries).
+ * `--only cache`: decoder-only fine-tuning of the demo with the embedding cache, epoch 1 against epoch 2.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import yargs from 'yargs';
@@ -19,6 +20,9 @@ import { TfOps } from '../src/model/tf-ops.js';
 import { initParams, toTfParams } from '../src/model/weights.js';
 import { benchOnnx } from '../src/onnx/bench.js';
 import { loadConfig } from '../src/train/config.js';
+import { openEmbeddingCache } from '../src/train/embedding-cache.js';
+import { setupData, setupModel } from '../src/train/setup.js';
+import { trainStep } from '../src/train/step.js';
 import { train } from '../src/train/train.js';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -30,7 +34,7 @@ const args = await yargs(hideBin(process.argv))
   .option('sizes', { type: 'string', default: '256,512', describe: 'image sizes for the model timings' })
   .option('iters', { type: 'number', default: 2, describe: 'timed repetitions' })
   .option('warmup', { type: 'number', default: 1, describe: 'untimed repetitions first (kernels compiled, buffers allocated)' })
-  .option('only', { type: 'string', default: 'model,train,steps,onnx,data', describe: 'sections to run: model,train,steps,onnx,data,webgpu' })
+  .option('only', { type: 'string', default: 'model,train,steps,cache,onnx,data', describe: 'sections to run: model,train,steps,cache,onnx,data,webgpu' })
   .option('train-steps', { type: 'number', default: 3, describe: 'timed optimizer steps per training benchmark' })
   .option('step-child', { type: 'string', hidden: true, describe: 'internal: one training-step figure (SIZExBATCH) in this process' })
   .option('batch', { type: 'number', default: 8, describe: 'batch of the webgpu section (the demo trains at 8)' })
@@ -124,6 +128,17 @@ if (sections.has('train')) {
     );
     console.log(`training, sam2.1-tiny @${size} (batch 1, real CT slices): ${tiny.toFixed(3)} img/s`);
   }
+}
+
+if (sections.has('cache')) {
+  await benchEmbeddingCache(backend, 'decoder-only demo (@128, batch 8)', []);
+  // the full-size encoder, on three of the demo's volumes at 256
+  await benchEmbeddingCache(backend, 'decoder-only sam2.1-tiny (@256, batch 4, 3 volumes)', [
+    'model.config=null',
+    'model.image_size=256',
+    'train.batch_size=4',
+    'data.generate.train_volumes=3',
+  ]);
 }
 
 if (sections.has('webgpu')) {
@@ -274,4 +289,51 @@ async function benchTrainingSteps(backend: string): Promise<void> {
   else if (needMiB > freeMiB) {
     console.log(`training step, sam2.1-tiny @1024 batch 1: not run: needs about ${gib(needMiB)} GiB (4x the @512 peak RSS), ${gib(freeMiB)} GiB free here`);
   } else say(1024, 1, runStepFigure(backend, 1024, 1));
+}
+
+// ------------------------------------------------------------------------------------------
+// Decoder-only fine-tuning with the embedding cache (configs/demo-decoder-only.yaml from a seeded
+// init, validation off): the steps of epoch 1 (encoder run, entries written) against those of
+// epoch 2 (entries read back), each step timed as `medtune train` runs it.
+
+async function benchEmbeddingCache(backend: string, label: string, overrides: string[]): Promise<void> {
+  const runDir = mkdtempSync(join(tmpdir(), 'medtune-bench-cache-'));
+  const config = loadConfig('configs/demo-decoder-only.yaml', {
+    overrides: [`backend=${backend}`, 'model.checkpoint=null', 'data.val=null', `data.train=${join(runDir, 'data')}`, ...overrides],
+  });
+  const quiet = () => undefined;
+  const run = setupModel(config, runDir, undefined, quiet);
+  try {
+    run.embeddingCache = await openEmbeddingCache(config, run, runDir, quiet);
+    const { loader } = await setupData(config, run.modelConfig.image_size, runDir, undefined, quiet);
+    // whole batches of each epoch (a batch across the boundary counts to epoch 2)
+    const perEpoch = Math.floor(loader.size / config.train.batch_size);
+    // wall and CPU time (this process, all threads) of each step: on a shared machine the CPU time is the steadier figure
+    const wallMs: number[] = [];
+    const cpuMs: number[] = [];
+    for (let step = 0; step < 2 * perEpoch + 1; step++) {
+      const start = performance.now();
+      const cpu = process.cpuUsage();
+      await trainStep(run, loader, config.train, step, 1, runDir);
+      const used = process.cpuUsage(cpu);
+      cpuMs.push((used.user + used.system) / 1000);
+      wallMs.push(performance.now() - start);
+    }
+    await loader.close();
+    const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+    const compare = (ms: number[]) => {
+      const epoch1 = sum(ms.slice(0, perEpoch));
+      const epoch2 = sum(ms.slice(perEpoch + 1));
+      return `epoch 1 ${(epoch1 / 1000).toFixed(2)} s, epoch 2 ${(epoch2 / 1000).toFixed(2)} s: ${(epoch1 / epoch2).toFixed(1)}x`;
+    };
+    const stats = run.embeddingCache!.stats;
+    console.log(
+      `embedding cache, ${label}, ${perEpoch} steps an epoch (${stats.misses} slices encoded, ${stats.hits} read back; ` +
+        `load average ${loadavg().map((l) => l.toFixed(1)).join(' ')} on ${availableParallelism()} cores): wall ${compare(wallMs)}; CPU ${compare(cpuMs)}`,
+    );
+  } finally {
+    run.optimizer.dispose();
+    tf.dispose([...run.params.values()]);
+    rmSync(runDir, { recursive: true, force: true });
+  }
 }

@@ -191,6 +191,7 @@ export class BatchProducer {
       boxes: new Float32Array(B * 4),
       masks: new Float32Array(B * low * low),
       sources: [],
+      slices: [],
     };
     let skipped = 0;
     let slot = 0;
@@ -203,6 +204,7 @@ export class BatchProducer {
         const src = sampleSource(this.index, sample);
         if (failed === null) {
           batch.sources.push(src);
+          batch.slices.push({ path: this.index.entries[this.index.file[sample]].path, slice: this.index.slice[sample] });
           slot++;
           break;
         }

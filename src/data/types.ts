@@ -16,6 +16,14 @@ export interface Batch {
   masks: Float32Array;
   /** where each sample came from: "file.npz#slice=12,label=1" */
   sources: string[];
+  /** the image slice each sample was rendered from (what the embedding cache is keyed by) */
+  slices: SliceRef[];
+}
+
+/** One image slice of the data: the image file (an npz volume or an npy image) and the slice index in it (0 for npy). */
+export interface SliceRef {
+  path: string;
+  slice: number;
 }
 
 /** A JSON-serializable position in the sample stream, saved in checkpoints for exact resume. */

@@ -96,7 +96,7 @@ function isShape(v: unknown): v is number[] {
  * bytes); returns the entries and where the data section starts. `fileBytes` is the whole
  * file's length, for the bounds checks.
  */
-function parseHeader(buf: Uint8Array, fileBytes: number, source: string): { entries: Map<string, SafetensorsEntry>; dataStart: number } {
+function parseHeader(buf: Uint8Array, fileBytes: number, source: string): { entries: Map<string, SafetensorsEntry>; dataStart: number; metadata: Record<string, string> } {
   if (fileBytes < 8 || buf.byteLength < 8) throw new Error(`${source}: too short to be a safetensors file (${fileBytes} bytes)`);
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const headerLen = Number(view.getBigUint64(0, true));
@@ -116,8 +116,13 @@ function parseHeader(buf: Uint8Array, fileBytes: number, source: string): { entr
   const dataStart = 8 + headerLen;
   const dataBytes = fileBytes - dataStart;
   const entries = new Map<string, SafetensorsEntry>();
+  let metadata: Record<string, string> = {};
   for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
-    if (name === '__metadata__') continue;
+    if (name === '__metadata__') {
+      // the format allows only strings here; anything else is left out rather than refused
+      if (typeof raw === 'object' && raw !== null) metadata = Object.fromEntries(Object.entries(raw).filter(([, v]) => typeof v === 'string'));
+      continue;
+    }
     const info = raw as Partial<SafetensorsEntry> | null;
     const offsets = info?.data_offsets;
     if (
@@ -143,12 +148,17 @@ function parseHeader(buf: Uint8Array, fileBytes: number, source: string): { entr
     }
     entries.set(name, { dtype: info.dtype, shape: info.shape, data_offsets: [begin, end] });
   }
-  return { entries, dataStart };
+  return { entries, dataStart, metadata };
 }
 
 /** Parse a .safetensors buffer into float32 host tensors. */
 export function parseSafetensors(buf: Uint8Array, source: string): StateDict {
-  const { entries, dataStart } = parseHeader(buf, buf.byteLength, source);
+  return parseSafetensorsWithMetadata(buf, source).tensors;
+}
+
+/** `parseSafetensors` and the header's `__metadata__` strings. */
+export function parseSafetensorsWithMetadata(buf: Uint8Array, source: string): { tensors: StateDict; metadata: Record<string, string> } {
+  const { entries, dataStart, metadata } = parseHeader(buf, buf.byteLength, source);
   const out: StateDict = new Map();
   for (const [name, info] of entries) {
     const [begin, end] = info.data_offsets;
@@ -156,7 +166,7 @@ export function parseSafetensors(buf: Uint8Array, source: string): StateDict {
     const bytes = buf.subarray(dataStart + begin, dataStart + end);
     out.set(name, { data: decodeToFloat32(info.dtype, bytes, count, `${source}: '${name}'`), shape: info.shape });
   }
-  return out;
+  return { tensors: out, metadata };
 }
 
 function readFileOrThrow(path: string): Buffer {

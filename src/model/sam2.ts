@@ -148,11 +148,13 @@ export class SAM2Base implements Module {
    */
   encodeFrame<T>(ops: Ops<T>, image: T): FrameFeatures<T> {
     const enc = this.imageEncoder.forward(ops, image);
-    const [s0, s1] = enc.backboneFpn;
-    const highRes: [T, T] = this.config.use_high_res_features_in_sam
-      ? [this.maskDecoder.convS0(ops, s0), this.maskDecoder.convS1(ops, s1)]
-      : [s0, s1];
-    return { visionFeats: enc.visionFeatures, visionPos: enc.visionPosEnc[enc.visionPosEnc.length - 1], highRes };
+    return { visionFeats: enc.visionFeatures, visionPos: enc.visionPosEnc[enc.visionPosEnc.length - 1], highRes: this.highResFeatures(ops, enc.backboneFpn) };
+  }
+
+  /** The mask decoder's high-res inputs from the encoder's two finest FPN levels (conv_s0 / conv_s1 when used). */
+  private highResFeatures<T>(ops: Ops<T>, backboneFpn: T[]): [T, T] {
+    const [s0, s1] = backboneFpn;
+    return this.config.use_high_res_features_in_sam ? [this.maskDecoder.convS0(ops, s0), this.maskDecoder.convS1(ops, s1)] : [s0, s1];
   }
 
   /** `encodeFrame` with `no_mem_embed` added directly, as the image predictor and MedSAM2 fine-tuning use it. */
@@ -177,11 +179,21 @@ export class SAM2Base implements Module {
     if (imageShape.length !== 4 || imageShape[1] !== size || imageShape[2] !== size || imageShape[3] !== 3) {
       throw new Error(`predictFromBoxes: image must be (B, ${size}, ${size}, 3), got (${imageShape.join(', ')})`);
     }
+    return this.predictFromFeatures(ops, this.imageEncoder.forward(ops, image).backboneFpn, boxes, multimaskOutput);
+  }
+
+  /**
+   * `predictFromBoxes` from the image encoder's outputs (`backboneFpn`, fine to coarse, batch
+   * first): what a frozen encoder lets the training step take from the embedding cache.
+   */
+  predictFromFeatures<T>(ops: Ops<T>, backboneFpn: T[], boxes: T, multimaskOutput = false): MaskDecoderOutput<T> {
     const boxShape = ops.shape(boxes);
     if (boxShape.length !== 2 || boxShape[1] !== 4) throw new Error(`predictFromBoxes: boxes must be (B, 4), got (${boxShape.join(', ')})`);
     const batch = boxShape[0];
-    if (batch !== imageShape[0]) throw new Error(`predictFromBoxes: ${batch} boxes for a batch of ${imageShape[0]} images`);
-    const { imageEmbed, highRes } = this.imageEmbeddings(ops, image);
+    const imageBatch = ops.shape(backboneFpn[0])[0];
+    if (batch !== imageBatch) throw new Error(`predictFromBoxes: ${batch} boxes for a batch of ${imageBatch} images`);
+    const imageEmbed = this.withNoMemEmbed(ops, backboneFpn[backboneFpn.length - 1]);
+    const highRes = this.highResFeatures(ops, backboneFpn);
     const coords = ops.reshape(boxes, [-1, 2, 2]);
     const labels = ops.constant(Array.from({ length: batch }, () => [2, 3]).flat(), [batch, 2]);
     const { sparse, dense } = this.promptEncoder.forward(ops, { points: { coords, labels } });

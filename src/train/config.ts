@@ -69,6 +69,17 @@ const DataSchema = z.strictObject({
   val_samples: z.number().int().nonnegative().default(0),
 });
 
+/**
+ * Image-encoder outputs kept on disk (`<run-dir>/embedding-cache/`) and reused every epoch, so that
+ * with a frozen encoder and no pixel augmentation a step runs only the prompt encoder and mask decoder.
+ */
+const EmbeddingCacheSchema = z.strictObject({
+  /** auto: on whenever the image encoder is frozen and no augmentation changes pixels; true: required (an error says why it cannot be) */
+  enabled: z.union([z.literal('auto'), z.boolean()]).default('auto'),
+  /** size cap in GB (1e9 bytes); the oldest entries are evicted beyond it */
+  max_gb: z.number().positive().default(10),
+});
+
 const TrainSchema = z.strictObject({
   /** optimizer steps */
   max_steps: positiveInt,
@@ -105,6 +116,7 @@ const TrainSchema = z.strictObject({
   keep_last: z.number().int().nonnegative().default(3),
   /** log training scalars every N steps */
   log_every: positiveInt.default(1),
+  embedding_cache: EmbeddingCacheSchema.prefault({}),
 });
 
 export const TrainConfigSchema = z.strictObject({

@@ -17,6 +17,7 @@ import { TfOps } from '../model/tf-ops.js';
 import { initParams, loadStateDict, paramCount, toTfParams, type StateDict } from '../model/weights.js';
 import { findCheckpoint, loadCheckpoint, type Checkpoint } from './checkpoint.js';
 import type { TrainConfig } from './config.js';
+import type { EmbeddingCache } from './embedding-cache.js';
 import { AdamW, buildParamGroups } from './optimizer.js';
 
 export interface ModelSetup {
@@ -31,6 +32,8 @@ export interface ModelSetup {
   optimizer: AdamW;
   /** the checkpoint the run continues from */
   resumed?: Checkpoint;
+  /** the frozen image encoder's outputs by slice (train.embedding_cache), when on */
+  embeddingCache?: EmbeddingCache;
 }
 
 /** The model, its weights and optimizer, resumed from `resume` ('auto': the run's latest checkpoint) when given. */

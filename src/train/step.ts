@@ -31,15 +31,18 @@ export async function trainStep(run: ModelSetup, loader: TrainLoader, t: TrainCo
   for (let micro = 0; micro < t.grad_accum; micro++) {
     const batch = await loader.next();
     const x = batchTensors(batch);
+    // a frozen encoder's outputs, from the embedding cache: only the prompt encoder and decoder run below
+    const encoded = await run.embeddingCache?.features(batch);
     let terms: Record<string, tf.Scalar> = {};
     const { value, grads } = tf.variableGrads(() => {
-      const objective = trainingObjective(model.predictFromBoxes(ops, x.images, x.boxes), x.masks, t);
+      const output = encoded ? model.predictFromFeatures(ops, encoded, x.boxes) : model.predictFromBoxes(ops, x.images, x.boxes);
+      const objective = trainingObjective(output, x.masks, t);
       terms = Object.fromEntries(Object.entries(objective.terms).map(([k, v]) => [k, tf.keep(v)]));
       return objective.loss;
     }, [...trainable.values()]);
     const names = Object.keys(terms);
     const [lv, ...tv] = await Promise.all([value, ...Object.values(terms)].map(async (s) => (await s.data())[0]));
-    tf.dispose([value, ...Object.values(terms), x.images, x.boxes, x.masks]);
+    tf.dispose([value, ...Object.values(terms), x.images, x.boxes, x.masks, ...(encoded ?? [])]);
     accumulator.add(new Map(Object.entries(grads).map(([name, g]) => [keyOfVar.get(name)!, g])));
     stats.loss += lv / t.grad_accum;
     names.forEach((k, i) => (stats.terms[k] = (stats.terms[k] ?? 0) + tv[i] / t.grad_accum));

@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { selectBackend } from '../backend.js';
 import { meanEllipseDice } from '../eval/baseline.js';
 import { configToYaml, type TrainConfig } from './config.js';
+import { openEmbeddingCache } from './embedding-cache.js';
 import { MetricsLog } from './metrics-log.js';
 import { saveStepCheckpoints, watchStopSignals, type RunProgress } from './run-progress.js';
 import { lrScale } from './schedule.js';
@@ -66,6 +67,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const configYaml = configToYaml(config);
   writeFileSync(join(runDir, 'config.yaml'), configYaml);
   const run = setupModel(config, runDir, opts.resume, say);
+  run.embeddingCache = await openEmbeddingCache(config, run, runDir, say);
   const { loader, valSet } = await setupData(config, run.modelConfig.image_size, runDir, run.resumed?.state.loader, say);
   const ellipseDice = meanEllipseDice(valSet);
   if (ellipseDice !== null) say(`validation baseline: an ellipse filling each box scores Dice ${ellipseDice.toFixed(4)}`);
@@ -76,7 +78,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const stop = watchStopSignals(opts.handleSignals ?? true, (sig) => log.message(`${sig}: finishing step ${p.step + 1}, then saving a checkpoint (again to quit at once)`));
   /** validation at the current step; true when it is the best so far */
   const validateNow = async (note?: string) => {
-    const v = await validate(run.model, run.ops, valSet);
+    const v = await validate(run.model, run.ops, valSet, run.embeddingCache);
     result.valDice.push({ step: p.step, dice: v.dice });
     log.val(p.step, v.dice, v.overlay);
     const better = p.bestValDice === null || v.dice > p.bestValDice;

@@ -4,6 +4,7 @@ import type { Batch } from '../data/types.js';
 import type { SAM2Base } from '../model/sam2.js';
 import type { TfOps } from '../model/tf-ops.js';
 import { batchTensors, logitsNhwc } from './batch-tensors.js';
+import type { EmbeddingCache } from './embedding-cache.js';
 import { diceScores } from './loss.js';
 import { renderOverlay } from './metrics-log.js';
 
@@ -12,13 +13,15 @@ export interface Validation {
   overlay?: ReturnType<typeof renderOverlay>;
 }
 
-export async function validate(model: SAM2Base, ops: TfOps, valSet: Batch[]): Promise<Validation> {
+/** `cache`: the run's embedding cache; the encoder then runs once per validation slice in the whole run. */
+export async function validate(model: SAM2Base, ops: TfOps, valSet: Batch[], cache?: EmbeddingCache): Promise<Validation> {
   let sum = 0;
   let count = 0;
   let overlay: Validation['overlay'];
   for (const [i, b] of valSet.entries()) {
     const x = batchTensors(b);
-    const logits = tf.tidy(() => logitsNhwc(model.predictFromBoxes(ops, x.images, x.boxes).masks));
+    const encoded = await cache?.features(b);
+    const logits = tf.tidy(() => logitsNhwc((encoded ? model.predictFromFeatures(ops, encoded, x.boxes) : model.predictFromBoxes(ops, x.images, x.boxes)).masks));
     sum += (await diceScores(logits, x.masks)).reduce((a, v) => a + v, 0);
     count += b.batchSize;
     if (i === 0) {
@@ -34,7 +37,7 @@ export async function validate(model: SAM2Base, ops: TfOps, valSet: Batch[]): Pr
       });
       pred.dispose();
     }
-    tf.dispose([logits, x.images, x.boxes, x.masks]);
+    tf.dispose([logits, x.images, x.boxes, x.masks, ...(encoded ?? [])]);
   }
   return { dice: sum / count, overlay };
 }
