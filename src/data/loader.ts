@@ -9,7 +9,8 @@
  *
  * A sample that fails later (file gone or corrupt, label lost by resizing) is warned about, counted,
  * and replaced by a sample drawn from a generator derived from (seed, epoch, position, attempt), so
- * a failure changes nothing else in the stream.
+ * a failure changes nothing else in the stream. Prompts beyond boxes (clicks) are drawn the same
+ * way, from (seed, epoch, position, attempt): the box-only stream stays what it was.
  */
 import { Worker } from 'node:worker_threads';
 import seedrandom from 'seedrandom';
@@ -34,6 +35,7 @@ import {
   type AugmentOptions,
   type SampleParams,
 } from './transforms.js';
+import { drawPrompt, pointSlots, type PromptSampling } from './prompts.js';
 import type { Batch, LoaderState } from './types.js';
 
 export interface TrainLoaderOptions {
@@ -47,6 +49,8 @@ export interface TrainLoaderOptions {
   seed: number | string;
   /** true: DEFAULT_AUGMENT; false/undefined: none; or the options */
   augment?: boolean | Partial<AugmentOptions>;
+  /** which prompts samples get; given, batches carry `points` and `fullMasks` (absent: the box alone) */
+  prompts?: PromptSampling;
   /** batches prepared ahead of the consumer (default max(2, workers); 0 = on demand) */
   prefetch?: number;
   /** worker threads preparing batches (default 0: on the main thread, in setImmediate-sized chunks) */
@@ -135,6 +139,8 @@ export interface ProducerConfig {
   maxShift: number;
   seed: string;
   augment: AugmentOptions | null;
+  /** null: the box is the prompt */
+  prompts: PromptSampling | null;
   cacheBytes: number;
 }
 
@@ -192,6 +198,12 @@ export class BatchProducer {
       masks: new Float32Array(B * low * low),
       sources: [],
     };
+    const prompts = this.cfg.prompts;
+    const slots = prompts ? pointSlots(prompts) : 0;
+    if (prompts) {
+      batch.points = { slots, coords: new Float32Array(B * slots * 2), labels: new Float32Array(B * slots) };
+      batch.fullMasks = new Float32Array(B * S * S);
+    }
     let skipped = 0;
     let slot = 0;
     for (const item of items) {
@@ -202,6 +214,11 @@ export class BatchProducer {
         const failed = this.tryRender(sample, params, batch, slot);
         const src = sampleSource(this.index, sample);
         if (failed === null) {
+          if (prompts) {
+            const rng = seedrandom(`${this.cfg.seed}/prompt/${item.epoch}/${item.position}/${attempt}`);
+            const gt = batch.fullMasks!.subarray(slot * S * S, (slot + 1) * S * S);
+            drawPrompt(rng, prompts, batch.boxes.subarray(slot * 4, slot * 4 + 4), gt, S, batch.points!.coords, batch.points!.labels, slot * slots);
+          }
           batch.sources.push(src);
           slot++;
           break;
@@ -221,6 +238,10 @@ export class BatchProducer {
       batch.images = batch.images.slice(0, slot * S * S * 3);
       batch.boxes = batch.boxes.slice(0, slot * 4);
       batch.masks = batch.masks.slice(0, slot * low * low);
+      if (batch.points) {
+        batch.points = { slots, coords: batch.points.coords.slice(0, slot * slots * 2), labels: batch.points.labels.slice(0, slot * slots) };
+        batch.fullMasks = batch.fullMasks!.slice(0, slot * S * S);
+      }
     }
     return { batch, skipped };
   }
@@ -293,6 +314,7 @@ function prepare(opts: {
   maxShift: number;
   seed: string;
   augment: AugmentOptions | null;
+  prompts?: PromptSampling;
   cacheBytes?: number;
   onBadFile?: 'error' | 'warn';
   log: (msg: string) => void;
@@ -315,6 +337,7 @@ function prepare(opts: {
     maxShift: opts.maxShift,
     seed: opts.seed,
     augment: opts.augment,
+    prompts: opts.prompts ?? null,
     cacheBytes,
   };
   return new BatchProducer(cfg, opts.log, store);
@@ -335,6 +358,7 @@ export function createTrainLoader(opts: TrainLoaderOptions): TrainLoader {
     maxShift: scaledBoxShift(opts.bboxShift, opts.imageSize),
     seed,
     augment,
+    prompts: opts.prompts,
     cacheBytes: opts.cacheBytes,
     onBadFile: opts.onBadFile,
     log,

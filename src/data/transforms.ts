@@ -409,11 +409,13 @@ export interface BatchBuffers {
   images: Float32Array;
   masks: Float32Array;
   boxes: Float32Array;
+  /** (B, S, S) ground truth at input resolution, written when present (clicks are drawn from it) */
+  fullMasks?: Float32Array;
 }
 
 /**
  * Render one sample (slice, label) into slot `i` of the batch buffers at model resolution `size`:
- * image (S,S,3), low-res ground truth (S/4,S/4), box. Returns false, writing nothing useful, when
+ * image (S,S,3), low-res ground truth (S/4,S/4), box, and the full-resolution ground truth when asked. Returns false, writing nothing useful, when
  * the label is not visible at either resolution (a tiny label lost by resizing or rotated out).
  */
 export function renderSample(
@@ -427,7 +429,7 @@ export function renderSample(
 ): boolean {
   const low = size / 4;
   const labelMap = pixelMap(src.labelWidth, src.labelHeight, size, params.aug);
-  const full = warpLabel(src, label, size, labelMap);
+  const full = warpLabel(src, label, size, labelMap, dst.fullMasks, i * size * size);
   if (!full) return false;
   const lowMap = pixelMap(src.labelWidth, src.labelHeight, low, params.aug);
   const lowRes = warpLabel(src, label, low, lowMap, dst.masks, i * low * low);

@@ -14,6 +14,14 @@ export interface Batch {
   boxes: Float32Array;
   /** (B, 1, S/4, S/4) binary ground truth at the low-res mask size */
   masks: Float32Array;
+  /**
+   * The prompt points when the run samples prompts beyond boxes (src/data/prompts.ts): `slots`
+   * per sample, coords (B, slots, 2) in input pixels, labels (B, slots): 2/3 box corners,
+   * 1 positive clicks, -1 padding. Absent: the box is the prompt.
+   */
+  points?: { slots: number; coords: Float32Array; labels: Float32Array };
+  /** (B, S, S) binary ground truth at input resolution, for correction clicks; only with `points` */
+  fullMasks?: Float32Array;
   /** where each sample came from: "file.npz#slice=12,label=1" */
   sources: string[];
 }

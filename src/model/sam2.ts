@@ -181,17 +181,25 @@ export class SAM2Base implements Module {
     if (boxShape.length !== 2 || boxShape[1] !== 4) throw new Error(`predictFromBoxes: boxes must be (B, 4), got (${boxShape.join(', ')})`);
     const batch = boxShape[0];
     if (batch !== imageShape[0]) throw new Error(`predictFromBoxes: ${batch} boxes for a batch of ${imageShape[0]} images`);
-    const { imageEmbed, highRes } = this.imageEmbeddings(ops, image);
     const coords = ops.reshape(boxes, [-1, 2, 2]);
     const labels = ops.constant(Array.from({ length: batch }, () => [2, 3]).flat(), [batch, 2]);
-    const { sparse, dense } = this.promptEncoder.forward(ops, { points: { coords, labels } });
+    return this.decodePrompts(ops, this.imageEmbeddings(ops, image), { coords, labels }, undefined, multimaskOutput);
+  }
+
+  /**
+   * Prompt encoder + mask decoder on an image's embeddings, the decoder's raw outputs: what
+   * fine-tuning trains on, once per prompt round. `points` as in `PointInputs` (a box is its two
+   * corners, labels 2 and 3); `maskInputs` (B, 1, S/4, S/4) logits, the previous round's mask.
+   */
+  decodePrompts<T>(ops: Ops<T>, embeddings: ImageEmbeddings<T>, points: PointInputs<T>, maskInputs?: T, multimaskOutput = false): MaskDecoderOutput<T> {
+    const { sparse, dense } = this.promptEncoder.forward(ops, { points, masks: maskInputs });
     return this.maskDecoder.forward(ops, {
-      imageEmbeddings: imageEmbed,
+      imageEmbeddings: embeddings.imageEmbed,
       imagePe: this.promptEncoder.densePe(ops),
       sparse,
       dense,
       multimaskOutput,
-      highResFeatures: highRes,
+      highResFeatures: embeddings.highRes,
     });
   }
 

@@ -69,6 +69,24 @@ const DataSchema = z.strictObject({
   val_samples: z.number().int().nonnegative().default(0),
 });
 
+/**
+ * The prompts of training samples, as SAM2's trainer draws them (src/data/prompts.ts): a box with
+ * probability `box`, positive clicks from the object with probability `points` (always without a
+ * box), then `correction_rounds` rounds that each add one click from the prediction's error and
+ * feed the previous low-res logits back as the mask prompt; the loss sums over all rounds.
+ * The default is the seed recipe's box alone.
+ */
+const PromptsSchema = z
+  .strictObject({
+    box: z.number().min(0).max(1).default(1),
+    points: z.number().min(0).max(1).default(0),
+    /** clicks per sample, drawn uniformly in [min, max] */
+    num_points: z.tuple([positiveInt, positiveInt]).default([1, 1]),
+    /** SAM2's num_correction_pt_per_frame: simulated correction clicks after the first prediction */
+    correction_rounds: z.number().int().nonnegative().default(0),
+  })
+  .refine((p) => p.num_points[0] <= p.num_points[1], { message: 'num_points: [min, max] with min <= max', path: ['num_points'] });
+
 const TrainSchema = z.strictObject({
   /** optimizer steps */
   max_steps: positiveInt,
@@ -117,6 +135,7 @@ export const TrainConfigSchema = z.strictObject({
   backend_threads: positiveInt.nullable().default(null),
   model: ModelSchema.prefault({}),
   data: DataSchema,
+  prompts: PromptsSchema.prefault({}),
   train: TrainSchema,
 });
 

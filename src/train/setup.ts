@@ -7,6 +7,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { buildValSet, createTrainLoader, type TrainLoader } from '../data/loader.js';
+import { isBoxOnly, type PromptSampling } from '../data/prompts.js';
 import { resolveDataEntries } from '../data/sampling.js';
 import { splitByPatient, type PatientSplit } from '../data/split.js';
 import type { Batch } from '../data/types.js';
@@ -87,6 +88,13 @@ export interface DataSetup {
 
 export const SPLIT_FILE = 'split.json';
 
+/** The loader's prompt sampling; none for the seed recipe's box alone (its batches stay as they were). */
+function promptSampling(config: TrainConfig): PromptSampling | undefined {
+  const p = config.prompts;
+  const sampling: PromptSampling = { box: p.box, points: p.points, numPoints: p.num_points };
+  return isBoxOnly(sampling) && p.correction_rounds === 0 ? undefined : sampling;
+}
+
 /**
  * data.val_fraction: data.train's volumes (one npz file a patient) split by patient, seeded; the
  * split is written to the run directory and read back from there on resume, so it never moves.
@@ -142,6 +150,7 @@ export async function setupData(config: TrainConfig, imageSize: number, runDir: 
     bboxShift: d.bbox_shift,
     seed: config.seed,
     augment,
+    prompts: promptSampling(config),
     prefetch: d.prefetch,
     workers: d.workers,
     state: loaderState,

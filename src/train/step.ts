@@ -1,14 +1,16 @@
 /**
- * One optimizer step: grad_accum micro-batches (batch -> forward -> loss -> gradients),
- * gradient clipping, a stop before the update on a non-finite loss or gradient, AdamW. Values
- * are read back asynchronously (`await t.data()`), never with a synchronous read.
+ * One optimizer step: grad_accum micro-batches (batch -> [correction rounds planned without
+ * gradient] -> forward over every prompt round -> loss -> gradients), gradient clipping, a stop
+ * before the update on a non-finite loss or gradient, AdamW. Values are read back
+ * asynchronously (`await t.data()`), never with a synchronous read.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { join } from 'node:path';
 import type { TrainLoader } from '../data/loader.js';
 import type { TrainConfig } from './config.js';
 import { clipGradNorm, GradAccumulator } from './optimizer.js';
-import { batchTensors } from './batch-tensors.js';
+import { batchTensors, pointTensors, promptPoints } from './batch-tensors.js';
+import { maskInputTensor, planCorrectionRounds, type PromptRound } from './corrections.js';
 import { trainingObjective } from './objective.js';
 import type { ModelSetup } from './setup.js';
 
@@ -24,16 +26,27 @@ export interface StepStats {
 }
 
 /** The step that takes `step` to `step + 1`, with the learning rate scaled by `lrScale`. */
-export async function trainStep(run: ModelSetup, loader: TrainLoader, t: TrainConfig['train'], step: number, lrScale: number, runDir: string): Promise<StepStats> {
+export async function trainStep(
+  run: ModelSetup,
+  loader: TrainLoader,
+  t: TrainConfig['train'],
+  step: number,
+  lrScale: number,
+  runDir: string,
+  correctionRounds = 0,
+): Promise<StepStats> {
   const { model, ops, trainable, keyOfVar, optimizer } = run;
   const accumulator = new GradAccumulator();
   const stats: StepStats = { loss: 0, terms: {}, gradNorm: 0, samples: 0 };
   for (let micro = 0; micro < t.grad_accum; micro++) {
     const batch = await loader.next();
     const x = batchTensors(batch);
+    const rounds = correctionRounds > 0
+      ? await planCorrectionRounds(model, ops, x.images, promptPoints(batch), batch.fullMasks ?? missingFullMasks(), correctionRounds)
+      : [{ points: promptPoints(batch) }];
     let terms: Record<string, tf.Scalar> = {};
     const { value, grads } = tf.variableGrads(() => {
-      const objective = trainingObjective(model.predictFromBoxes(ops, x.images, x.boxes), x.masks, t);
+      const objective = trainingObjective(forwardRounds(run, x.images, rounds), x.masks, t);
       terms = Object.fromEntries(Object.entries(objective.terms).map(([k, v]) => [k, tf.keep(v)]));
       return objective.loss;
     }, [...trainable.values()]);
@@ -58,6 +71,17 @@ export async function trainStep(run: ModelSetup, loader: TrainLoader, t: TrainCo
   tf.dispose([...new Set([...raw.values(), ...grads.values()])]);
   stats.gradNorm = norm;
   return stats;
+}
+
+function missingFullMasks(): never {
+  throw new Error('correction rounds need the full-resolution ground truth: create the loader with prompts beyond the box');
+}
+
+/** The decoder output of every prompt round, on one encoding of the images. */
+export function forwardRounds(run: Pick<ModelSetup, 'model' | 'ops'>, images: tf.Tensor, rounds: PromptRound[]) {
+  const embeddings = run.model.imageEmbeddings(run.ops, images);
+  const batch = images.shape[0];
+  return rounds.map((r) => run.model.decodePrompts(run.ops, embeddings, pointTensors(r.points), r.maskInput && maskInputTensor(r.maskInput, batch)));
 }
 
 /**

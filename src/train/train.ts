@@ -90,7 +90,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   try {
     while (p.step < t.max_steps) {
       const scale = lrScale(p.step, { lr: t.lr, minLr: t.min_lr, warmupSteps: t.warmup_steps, maxSteps: t.max_steps });
-      const s = await trainStep(run, loader, t, p.step, scale, runDir);
+      const s = await trainStep(run, loader, t, p.step, scale, runDir, config.prompts.correction_rounds);
       p.step++;
       p.samplesSeen += s.samples;
       result.losses.push(s.loss);
