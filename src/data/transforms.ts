@@ -415,8 +415,10 @@ export interface BatchBuffers {
 
 /**
  * Render one sample (slice, label) into slot `i` of the batch buffers at model resolution `size`:
- * image (S,S,3), low-res ground truth (S/4,S/4), box, and the full-resolution ground truth when asked. Returns false, writing nothing useful, when
- * the label is not visible at either resolution (a tiny label lost by resizing or rotated out).
+ * image (S,S,3), low-res ground truth (S/4,S/4), box, and the full-resolution ground truth when
+ * asked. Returns false, writing nothing useful, when the label is not visible at either
+ * resolution (a tiny label lost by resizing or rotated out);
+ * without `requireLowRes`, only the input resolution has to show it (scoring at native resolution).
  */
 export function renderSample(
   src: SliceData,
@@ -426,6 +428,7 @@ export function renderSample(
   params: SampleParams,
   dst: BatchBuffers,
   i: number,
+  requireLowRes = true,
 ): boolean {
   const low = size / 4;
   const labelMap = pixelMap(src.labelWidth, src.labelHeight, size, params.aug);
@@ -433,7 +436,7 @@ export function renderSample(
   if (!full) return false;
   const lowMap = pixelMap(src.labelWidth, src.labelHeight, low, params.aug);
   const lowRes = warpLabel(src, label, low, lowMap, dst.masks, i * low * low);
-  if (!lowRes) return false;
+  if (!lowRes && requireLowRes) return false;
   warpImage(src, size, pixelMap(src.width, src.height, size, params.aug), dst.images, i * size * size * 3);
   dst.boxes.set(shiftBox(full.box, maxShift, params.shift, size), i * 4);
   return true;

@@ -22,6 +22,13 @@ export interface Batch {
   points?: { slots: number; coords: Float32Array; labels: Float32Array };
   /** (B, S, S) binary ground truth at input resolution, for correction clicks; only with `points` */
   fullMasks?: Float32Array;
+  /** the label value each sample segments */
+  labelValues: Int32Array;
+  /**
+   * Validation at the label's native resolution: each sample's ground truth on the slice's own
+   * label grid (width x height, 1 = the label), to score the upsampled prediction against.
+   */
+  native?: Array<{ width: number; height: number; mask: Uint8Array }>;
   /** where each sample came from: "file.npz#slice=12,label=1" */
   sources: string[];
 }

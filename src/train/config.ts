@@ -67,6 +67,10 @@ const DataSchema = z.strictObject({
   workers: z.number().int().nonnegative().default(0),
   /** at most this many validation samples (a fixed, evenly spread subset); 0: all */
   val_samples: z.number().int().nonnegative().default(0),
+  /** score validation at each label's native resolution (logits upsampled to the slice) instead of the 1/4 low-res mask */
+  val_native_resolution: z.boolean().default(false),
+  /** each epoch draws the labels equally often (rare labels repeat) instead of every sample once */
+  balance_labels: z.boolean().default(false),
 });
 
 /**
