@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { balancedEpochOrder, epochPermutation } from '../src/data/loader.js';
 import type { Batch } from '../src/data/types.js';
+import { ellipseInBoxDice } from '../src/eval/baseline.js';
 import type { SAM2Base } from '../src/model/sam2.js';
 import type { TfOps } from '../src/model/tf-ops.js';
 import { parseConfig } from '../src/train/config.js';
@@ -62,6 +63,15 @@ describe('several labels', () => {
     const v = await validate(fixedModel([10, -10, -10, -10], [1, 1, 2, 2]), {} as TfOps, [batch]);
     expect(v.dice).toBeCloseTo(8 / 9, 6);
     expect(v.perLabel.get(3)).toEqual({ dice: expect.closeTo(8 / 9, 6), count: 1 });
+  });
+
+  it('the ellipse baseline at native resolution, by hand', () => {
+    // box (0, 0, 8, 8) on an 8 px input, scored on a 4 x 4 slice (pixel centres 1, 3, 5, 7): the
+    // ellipse holds all but the 4 corners; against a full ground truth, Dice 2 * 12 / (12 + 16)
+    const batch = handBatch([1], [1], 1, [{ width: 4, height: 4, mask: new Uint8Array(16).fill(1) }]);
+    batch.imageSize = 8;
+    batch.boxes.set([0, 0, 8, 8]);
+    expect(ellipseInBoxDice(batch)).toEqual([24 / 28]);
   });
 
   it('balanced epochs draw every label equally often, repeating the rare one; seeded', () => {

@@ -10,17 +10,21 @@ export interface PromptedMasks {
   boxes: Float32Array;
   /** (B * maskSize * maskSize) ground truth, > 0.5 = object */
   masks: Float32Array;
+  /** each sample's ground truth on its slice's own grid, when scored at native resolution */
+  native?: Array<{ width: number; height: number; mask: ArrayLike<number> }>;
 }
 
 /**
  * Dice of the trivial answer "an ellipse filling the prompt box" against each sample's ground
- * truth, at the low-res mask size.
+ * truth, at the low-res mask size, or on the slice's own grid when the samples carry it.
  */
 export function ellipseInBoxDice(b: PromptedMasks): number[] {
   const m = b.maskSize;
-  const scale = b.imageSize / m;
   const out: number[] = [];
   for (let n = 0; n < b.batchSize; n++) {
+    const grid = b.native?.[n] ?? { width: m, height: m, mask: b.masks.subarray(n * m * m, (n + 1) * m * m) };
+    const sx = b.imageSize / grid.width;
+    const sy = b.imageSize / grid.height;
     const [x0, y0, x1, y1] = b.boxes.subarray(n * 4, n * 4 + 4);
     const cx = (x0 + x1) / 2;
     const cy = (y0 + y1) / 2;
@@ -29,10 +33,10 @@ export function ellipseInBoxDice(b: PromptedMasks): number[] {
     let inter = 0;
     let pred = 0;
     let gt = 0;
-    for (let i = 0; i < m; i++) {
-      for (let j = 0; j < m; j++) {
-        const inside = (((j + 0.5) * scale - cx) / rx) ** 2 + (((i + 0.5) * scale - cy) / ry) ** 2 <= 1;
-        const g = b.masks[n * m * m + i * m + j] > 0.5;
+    for (let i = 0; i < grid.height; i++) {
+      for (let j = 0; j < grid.width; j++) {
+        const inside = (((j + 0.5) * sx - cx) / rx) ** 2 + (((i + 0.5) * sy - cy) / ry) ** 2 <= 1;
+        const g = grid.mask[i * grid.width + j] > 0.5;
         if (inside) pred++;
         if (g) gt++;
         if (inside && g) inter++;

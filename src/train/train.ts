@@ -70,7 +70,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const run = setupModel(config, runDir, opts.resume, say);
   const { loader, valSet, labelNames, dropped } = await setupData(config, run.modelConfig.image_size, runDir, run.resumed?.state.loader, say);
   const ellipseDice = meanEllipseDice(valSet);
-  if (ellipseDice !== null) say(`validation baseline: an ellipse filling each box scores Dice ${ellipseDice.toFixed(4)}`);
+  if (ellipseDice !== null) say(`validation baseline: an ellipse filling each box scores Dice ${ellipseDice.toFixed(4)}${config.data.val_native_resolution ? ' (at native resolution)' : ''}`);
 
   const p: RunProgress = { step: run.resumed?.state.step ?? 0, bestValDice: run.resumed?.state.bestValDice ?? null, samplesSeen: run.resumed?.state.samplesSeen ?? 0 };
   const result: TrainResult = { runDir, step: p.step, losses: [], valDice: [], bestValDice: p.bestValDice, ellipseDice, interrupted: false, skippedSamples: 0, dropped };
@@ -124,6 +124,6 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   dropped.trainSkipped = loader.skipped();
   Object.assign(result, { step: p.step, bestValDice: p.bestValDice, skippedSamples: dropped.trainSkipped });
   const left = describeDropped(dropped, run.modelConfig.image_size, config.data.val_native_resolution);
-  if (left) say(`${left} (see the warnings above)`);
+  if (left) say(`${left}${dropped.trainSkipped + dropped.valUnloadable > 0 ? ' (see the warnings above)' : ''}`);
   return result;
 }
