@@ -143,20 +143,25 @@ describe('training prompts', () => {
     const expected = l1[0] + l2[0];
 
     const run = setupModel(config, tmpRunDir('rounds'), undefined, () => undefined);
-    const stats = await trainStep(run, fixedLoader(batch), config.train, 0, 1, 'unused', 1);
+    const corrections = { rounds: 1, probability: 1, seed: 'x' };
+    const stats = await trainStep(run, fixedLoader(batch), config.train, 0, 1, 'unused', corrections);
     // the rounds leak nothing (AdamW's moments exist from the first step on)
     const live = tf.memory().numTensors;
-    await trainStep(run, fixedLoader(batch), config.train, 1, 1, 'unused', 1);
+    await trainStep(run, fixedLoader(batch), config.train, 1, 1, 'unused', corrections);
     expect(tf.memory().numTensors).toBe(live);
     expect(stats.loss).toBeCloseTo(expected, 5);
     expect(stats.terms.dice + stats.terms.bce).toBeCloseTo(expected, 5);
     // a second round changes the loss: it is not the first round's alone
     expect(Math.abs(stats.loss - 2 * l1[0])).toBeGreaterThan(1e-4);
+    // correction_prob 0: no round is drawn, the loss is the first round's
+    const none = setupModel(config, tmpRunDir('no-rounds'), undefined, () => undefined);
+    const first1 = await trainStep(none, fixedLoader(batch), config.train, 0, 1, 'unused', { ...corrections, probability: 0 });
+    expect(first1.loss).toBeCloseTo(l1[0], 5);
   });
 
   it('the default prompt (the box alone) gives the seed recipe loss: predictFromBoxes + Dice + BCE', async () => {
     const config = tinyConfig(data);
-    expect(config.prompts).toEqual({ box: 1, points: 0, num_points: [1, 1], correction_rounds: 0 });
+    expect(config.prompts).toEqual({ box: 1, points: 0, num_points: [1, 1], correction_rounds: 0, correction_prob: 1 });
     const [batch] = await take(loaderOptions(5, undefined, 2), 1);
     expect(batch.points).toBeUndefined();
     const S = 64;

@@ -88,6 +88,8 @@ const PromptsSchema = z
     num_points: z.tuple([positiveInt, positiveInt]).default([1, 1]),
     /** SAM2's num_correction_pt_per_frame: simulated correction clicks after the first prediction */
     correction_rounds: z.number().int().nonnegative().default(0),
+    /** the fraction of micro-batches that get the correction rounds (seeded by step), as SAM2 corrects only some frames */
+    correction_prob: z.number().min(0).max(1).default(1),
   })
   .refine((p) => p.num_points[0] <= p.num_points[1], { message: 'num_points: [min, max] with min <= max', path: ['num_points'] });
 

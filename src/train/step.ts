@@ -6,6 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { join } from 'node:path';
+import seedrandom from 'seedrandom';
 import type { TrainLoader } from '../data/loader.js';
 import type { TrainConfig } from './config.js';
 import { clipGradNorm, GradAccumulator } from './optimizer.js';
@@ -15,6 +16,15 @@ import { trainingObjective } from './objective.js';
 import type { ModelSetup } from './setup.js';
 
 export class NonFiniteLossError extends Error {}
+
+/** Correction rounds (`prompts.correction_rounds`) for a micro-batch with `probability`, drawn from (seed, step, micro-batch). */
+export interface Corrections {
+  rounds: number;
+  probability: number;
+  seed: string;
+}
+
+const NO_CORRECTIONS: Corrections = { rounds: 0, probability: 0, seed: '' };
 
 export interface StepStats {
   /** training loss and its named terms, averaged over the micro-batches */
@@ -33,7 +43,7 @@ export async function trainStep(
   step: number,
   lrScale: number,
   runDir: string,
-  correctionRounds = 0,
+  corrections: Corrections = NO_CORRECTIONS,
 ): Promise<StepStats> {
   const { model, ops, trainable, keyOfVar, optimizer } = run;
   const accumulator = new GradAccumulator();
@@ -41,8 +51,9 @@ export async function trainStep(
   for (let micro = 0; micro < t.grad_accum; micro++) {
     const batch = await loader.next();
     const x = batchTensors(batch);
-    const rounds = correctionRounds > 0
-      ? await planCorrectionRounds(model, ops, x.images, promptPoints(batch), batch.fullMasks ?? missingFullMasks(), correctionRounds)
+    const correct = corrections.rounds > 0 && seedrandom(`${corrections.seed}/correct/${step}/${micro}`)() < corrections.probability;
+    const rounds = correct
+      ? await planCorrectionRounds(model, ops, x.images, promptPoints(batch), batch.fullMasks ?? missingFullMasks(), corrections.rounds)
       : [{ points: promptPoints(batch) }];
     let terms: Record<string, tf.Scalar> = {};
     const { value, grads } = tf.variableGrads(() => {

@@ -89,12 +89,13 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     return better && !note;
   };
 
+  const corrections = { rounds: config.prompts.correction_rounds, probability: config.prompts.correction_prob, seed: String(config.seed) };
   if (valSet.length > 0 && t.val_at_start && p.step === 0) await validateNow(' (before training)');
   let lastTime = performance.now();
   try {
     while (p.step < t.max_steps) {
       const scale = lrScale(p.step, { lr: t.lr, minLr: t.min_lr, warmupSteps: t.warmup_steps, maxSteps: t.max_steps });
-      const s = await trainStep(run, loader, t, p.step, scale, runDir, config.prompts.correction_rounds);
+      const s = await trainStep(run, loader, t, p.step, scale, runDir, corrections);
       p.step++;
       p.samplesSeen += s.samples;
       result.losses.push(s.loss);
