@@ -50,9 +50,9 @@ export interface TrainLoaderOptions {
   /** true: DEFAULT_AUGMENT; false/undefined: none; or the options */
   augment?: boolean | Partial<AugmentOptions>;
   /** which prompts samples get; given, batches carry `points` and `fullMasks` (absent: the box alone) */
+  prompts?: PromptSampling;
   /** each epoch's order balanced across labels (balancedEpochOrder) instead of a plain permutation */
   balanceLabels?: boolean;
-  prompts?: PromptSampling;
   /** batches prepared ahead of the consumer (default max(2, workers); 0 = on demand) */
   prefetch?: number;
   /** worker threads preparing batches (default 0: on the main thread, in setImmediate-sized chunks) */
