@@ -6,6 +6,8 @@
  * seed recipe's forward and loss.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { nextCorrectionClick } from '../src/data/clicks.js';
 import { createTrainLoader, type TrainLoaderOptions } from '../src/data/loader.js';
@@ -17,6 +19,7 @@ import { parseConfig, type TrainConfig } from '../src/train/config.js';
 import { segmentationLoss } from '../src/train/loss.js';
 import { setupModel, type ModelSetup } from '../src/train/setup.js';
 import { trainStep } from '../src/train/step.js';
+import { train } from '../src/train/train.js';
 import { tinyConfig, tinyData, tmpRunDir } from './helpers/train-fixture.js';
 
 const data = tinyData();
@@ -157,6 +160,23 @@ describe('training prompts', () => {
     const none = setupModel(config, tmpRunDir('no-rounds'), undefined, () => undefined);
     const first1 = await trainStep(none, fixedLoader(batch), config.train, 0, 1, 'unused', { ...corrections, probability: 0 });
     expect(first1.loss).toBeCloseTo(l1[0], 5);
+  });
+
+  it('a run with clicks and correction rounds in some batches resumes bit for bit', async () => {
+    const config = withPrompts(
+      // with seed 7 the draws put the rounds in steps 2 and 3, not in step 1
+      { box: 0.5, points: 0.5, num_points: [1, 2], correction_rounds: 2, correction_prob: 0.75 },
+      { max_steps: 3, batch_size: 2, val_every: 0, save_every: 0 },
+    );
+    const quiet = { quiet: true, handleSignals: false };
+    const whole = await train({ config, runDir: tmpRunDir('prompts-whole'), ...quiet });
+    const runDir = tmpRunDir('prompts-split');
+    const first = await train({ config, runDir, ...quiet, stopAfterStep: 1 });
+    const second = await train({ config, runDir, resume: 'auto', ...quiet });
+    expect([...first.losses, ...second.losses]).toEqual(whole.losses);
+    const a = readFileSync(join(whole.runDir, 'checkpoints', 'latest', 'model.safetensors'));
+    const b = readFileSync(join(runDir, 'checkpoints', 'latest', 'model.safetensors'));
+    expect(Buffer.compare(a, b)).toBe(0);
   });
 
   it('the default prompt (the box alone) gives the seed recipe loss: predictFromBoxes + Dice + BCE', async () => {
