@@ -106,6 +106,12 @@ describe('training prompts', () => {
     await loader.close();
     const resumed = await take(loaderOptions(3, CLICKS), 2, state);
     expect(resumed.map((x) => Array.from(x.points!.coords))).toEqual(a.slice(2).map((x) => Array.from(x.points!.coords)));
+
+    // a worker thread draws the same clicks
+    const fromWorker = await take({ ...loaderOptions(3, CLICKS), workers: 1 }, 2);
+    expect(fromWorker.map((x) => Array.from(x.points!.coords))).toEqual(a.slice(0, 2).map((x) => Array.from(x.points!.coords)));
+    expect(fromWorker.map((x) => Array.from(x.points!.labels))).toEqual(a.slice(0, 2).map((x) => Array.from(x.points!.labels)));
+    expect(Array.from(fromWorker[1].labelValues)).toEqual(Array.from(a[1].labelValues));
   });
 
   it('a correction-round step: its loss is the two rounds built by hand, summed', async () => {
