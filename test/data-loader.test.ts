@@ -198,11 +198,11 @@ describe('npy folder through the loader', () => {
 describe('validation set', () => {
   it('is fixed, unperturbed and the same every time', async () => {
     const opts = { files: dataDir, imageSize: 32, maxSamples: 7, seed: 42, batchSize: 3, log: () => undefined };
-    const a = await buildValSet(opts);
-    const b = await buildValSet(opts);
+    const a = (await buildValSet(opts)).batches;
+    const b = (await buildValSet(opts)).batches;
     expectSameBatches(a, b);
     expect(a.map((x) => x.batchSize)).toEqual([3, 3, 1]);
-    const all = await buildValSet({ ...opts, maxSamples: 1000 });
+    const all = (await buildValSet({ ...opts, maxSamples: 1000 })).batches;
     const allSources = all.flatMap((x) => x.sources);
     expect(allSources).toEqual([...allSources].sort((p, q) => p.localeCompare(q, 'en', { numeric: true })));
     // unperturbed: each box is exactly the label's bounding box at S (no shift)

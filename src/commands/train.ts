@@ -72,7 +72,10 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
       [
         `${result.interrupted ? 'stopped' : 'done'} at step ${result.step}/${config.train.max_steps}` +
           (last !== undefined ? `, last loss ${last.toFixed(4)}` : ''),
-        lastVal ? `val Dice ${lastVal.dice.toFixed(4)} (best ${result.bestValDice?.toFixed(4)})` : '',
+        lastVal
+          ? `val Dice ${lastVal.dice.toFixed(4)} (best ${result.bestValDice?.toFixed(4)})` +
+            (Object.keys(lastVal.perLabel).length > 1 ? `: ${Object.entries(lastVal.perLabel).map(([name, d]) => `${name} ${d.toFixed(4)}`).join(', ')}` : '')
+          : '',
         `checkpoints: ${join(runDir, 'checkpoints')}/{latest,best,step-*}`,
         `metrics: ${join(runDir, 'metrics.jsonl')}, TensorBoard: tensorboard --logdir ${join(runDir, 'tensorboard')}`,
       ]

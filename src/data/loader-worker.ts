@@ -10,11 +10,11 @@ const producer = new BatchProducer(workerData as ProducerConfig, (message) =>
 port.on('message', async (m: { type: 'batch'; id: number; items: Parameters<BatchProducer['produce']>[0] }) => {
   try {
     const { batch, skipped } = await producer.produce(m.items, true);
-    port.postMessage({ type: 'batch', id: m.id, batch, skipped } satisfies WorkerMessage, [
-      batch.images.buffer as ArrayBuffer,
-      batch.boxes.buffer as ArrayBuffer,
-      batch.masks.buffer as ArrayBuffer,
-    ]);
+    const arrays = [batch.images, batch.boxes, batch.masks, batch.labelValues, batch.fullMasks, batch.points?.coords, batch.points?.labels];
+    port.postMessage(
+      { type: 'batch', id: m.id, batch, skipped } satisfies WorkerMessage,
+      arrays.filter((a) => a !== undefined).map((a) => a.buffer as ArrayBuffer),
+    );
   } catch (err) {
     port.postMessage({ type: 'error', id: m.id, message: (err as Error).message } satisfies WorkerMessage);
   }

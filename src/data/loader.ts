@@ -9,7 +9,8 @@
  *
  * A sample that fails later (file gone or corrupt, label lost by resizing) is warned about, counted,
  * and replaced by a sample drawn from a generator derived from (seed, epoch, position, attempt), so
- * a failure changes nothing else in the stream.
+ * a failure changes nothing else in the stream. Prompts beyond boxes (clicks) are drawn the same
+ * way, from (seed, epoch, position, attempt): the box-only stream stays what it was.
  */
 import { Worker } from 'node:worker_threads';
 import seedrandom from 'seedrandom';
@@ -34,6 +35,7 @@ import {
   type AugmentOptions,
   type SampleParams,
 } from './transforms.js';
+import { drawPrompt, pointSlots, type PromptSampling } from './prompts.js';
 import type { Batch, LoaderState } from './types.js';
 
 export interface TrainLoaderOptions {
@@ -47,6 +49,10 @@ export interface TrainLoaderOptions {
   seed: number | string;
   /** true: DEFAULT_AUGMENT; false/undefined: none; or the options */
   augment?: boolean | Partial<AugmentOptions>;
+  /** which prompts samples get; given, batches carry `points` and `fullMasks` (absent: the box alone) */
+  prompts?: PromptSampling;
+  /** each epoch's order balanced across labels (balancedEpochOrder) instead of a plain permutation */
+  balanceLabels?: boolean;
   /** batches prepared ahead of the consumer (default max(2, workers); 0 = on demand) */
   prefetch?: number;
   /** worker threads preparing batches (default 0: on the main thread, in setImmediate-sized chunks) */
@@ -125,6 +131,37 @@ export function epochPermutation(seed: string, epoch: number, n: number): Int32A
   return perm;
 }
 
+/**
+ * An epoch of `labels.length` samples balanced across label values, a pure function of (seed,
+ * epoch): positions go in blocks of one draw per label (in a shuffled order); each label draws
+ * from its own shuffled samples, reshuffled when used up, so rare labels repeat within an epoch.
+ */
+export function balancedEpochOrder(seed: string, epoch: number, labels: Int32Array): Int32Array {
+  const rng = seedrandom(`${seed}/balance/${epoch}`);
+  const shuffle = (a: number[]) => {
+    for (let i = a.length - 1; i > 0; i--) {
+      const j = Math.floor(rng() * (i + 1));
+      [a[i], a[j]] = [a[j], a[i]];
+    }
+    return a;
+  };
+  const groups = new Map<number, number[]>();
+  labels.forEach((l, i) => (groups.get(l) ?? groups.set(l, []).get(l)!).push(i));
+  const pools = [...groups.keys()].sort((a, b) => a - b).map((l) => ({ samples: groups.get(l)!, order: [] as number[], at: 0 }));
+  const out = new Int32Array(labels.length);
+  let block: number[] = [];
+  for (let i = 0; i < out.length; i++) {
+    if (i % pools.length === 0) block = shuffle(pools.map((_, k) => k));
+    const pool = pools[block[i % pools.length]];
+    if (pool.at === pool.order.length) {
+      pool.order = shuffle(pool.samples.slice());
+      pool.at = 0;
+    }
+    out[i] = pool.order[pool.at++];
+  }
+  return out;
+}
+
 /** Everything needed to turn planned items into a batch; lives on the main thread or in a worker. */
 export interface ProducerConfig {
   entries: DataEntry[];
@@ -135,6 +172,12 @@ export interface ProducerConfig {
   maxShift: number;
   seed: string;
   augment: AugmentOptions | null;
+  /** null: the box is the prompt */
+  prompts: PromptSampling | null;
+  /** validation scored at the label's native resolution: batches carry `native`, and labels need only show at the input size */
+  native: boolean;
+  /** samples the index left out */
+  tooSmall: number;
   cacheBytes: number;
 }
 
@@ -150,7 +193,7 @@ export class BatchProducer {
     store?: SliceStore,
   ) {
     this.store = store ?? new SliceStore(cfg.entries, cfg.cacheBytes);
-    this.index = { entries: cfg.entries, file: cfg.file, slice: cfg.slice, label: cfg.label, length: cfg.file.length };
+    this.index = { entries: cfg.entries, file: cfg.file, slice: cfg.slice, label: cfg.label, length: cfg.file.length, tooSmall: cfg.tooSmall };
   }
 
   /** Render sample `s`, or say why not (never throws); `file`: the whole file is unusable. */
@@ -160,7 +203,13 @@ export class BatchProducer {
     if (known) return { why: known, file: true };
     try {
       const src = this.store.slice(f, this.index.slice[s]);
-      if (renderSample(src, this.index.label[s], this.cfg.imageSize, this.cfg.maxShift, params, buf, slot)) return null;
+      if (renderSample(src, this.index.label[s], this.cfg.imageSize, this.cfg.maxShift, params, buf, slot, !this.cfg.native)) {
+        if (buf.native) {
+          const label = this.index.label[s];
+          buf.native.push({ width: src.labelWidth, height: src.labelHeight, mask: Uint8Array.from(src.labels, (v) => (v === label ? 1 : 0)) });
+        }
+        return null;
+      }
       return { why: `label ${this.index.label[s]} not visible at ${this.cfg.imageSize}px after resizing/augmentation`, file: false };
     } catch (err) {
       const why = (err as Error).message;
@@ -190,9 +239,17 @@ export class BatchProducer {
       images: new Float32Array(B * S * S * 3),
       boxes: new Float32Array(B * 4),
       masks: new Float32Array(B * low * low),
+      labelValues: new Int32Array(B),
       sources: [],
       slices: [],
     };
+    if (this.cfg.native) batch.native = [];
+    const prompts = this.cfg.prompts;
+    const slots = prompts ? pointSlots(prompts) : 0;
+    if (prompts) {
+      batch.points = { slots, coords: new Float32Array(B * slots * 2), labels: new Float32Array(B * slots) };
+      batch.fullMasks = new Float32Array(B * S * S);
+    }
     let skipped = 0;
     let slot = 0;
     for (const item of items) {
@@ -203,6 +260,12 @@ export class BatchProducer {
         const failed = this.tryRender(sample, params, batch, slot);
         const src = sampleSource(this.index, sample);
         if (failed === null) {
+          if (prompts) {
+            const rng = seedrandom(`${this.cfg.seed}/prompt/${item.epoch}/${item.position}/${attempt}`);
+            const gt = batch.fullMasks!.subarray(slot * S * S, (slot + 1) * S * S);
+            drawPrompt(rng, prompts, batch.boxes.subarray(slot * 4, slot * 4 + 4), gt, S, batch.points!.coords, batch.points!.labels, slot * slots);
+          }
+          batch.labelValues[slot] = this.index.label[sample];
           batch.sources.push(src);
           batch.slices.push({ path: this.index.entries[this.index.file[sample]].path, slice: this.index.slice[sample] });
           slot++;
@@ -223,6 +286,11 @@ export class BatchProducer {
       batch.images = batch.images.slice(0, slot * S * S * 3);
       batch.boxes = batch.boxes.slice(0, slot * 4);
       batch.masks = batch.masks.slice(0, slot * low * low);
+      batch.labelValues = batch.labelValues.slice(0, slot);
+      if (batch.points) {
+        batch.points = { slots, coords: batch.points.coords.slice(0, slot * slots * 2), labels: batch.points.labels.slice(0, slot * slots) };
+        batch.fullMasks = batch.fullMasks!.slice(0, slot * S * S);
+      }
     }
     return { batch, skipped };
   }
@@ -295,6 +363,8 @@ function prepare(opts: {
   maxShift: number;
   seed: string;
   augment: AugmentOptions | null;
+  prompts?: PromptSampling;
+  native?: boolean;
   cacheBytes?: number;
   onBadFile?: 'error' | 'warn';
   log: (msg: string) => void;
@@ -303,10 +373,11 @@ function prepare(opts: {
   const cacheBytes = opts.cacheBytes ?? 1 << 30;
   const store = new SliceStore(entries, cacheBytes);
   // Leave out labels that the low-res ground truth cannot show even unaugmented (a few pixels at the
-  // ends of an organ): they would only be skipped again every epoch.
-  const low = opts.imageSize / 4;
+  // ends of an organ): they would only be skipped again every epoch. Scored at native resolution,
+  // a label only has to show at the input size (its box).
+  const visibleAt = opts.native ? opts.imageSize : opts.imageSize / 4;
   const keep = (slice: LabelPlane, label: number) =>
-    warpLabel(slice, label, low, pixelMap(slice.labelWidth, slice.labelHeight, low, IDENTITY)) !== null;
+    warpLabel(slice, label, visibleAt, pixelMap(slice.labelWidth, slice.labelHeight, visibleAt, IDENTITY)) !== null;
   const index = buildSampleIndex(store, { onBadFile: opts.onBadFile, log: opts.log, keep });
   const cfg: ProducerConfig = {
     entries,
@@ -317,6 +388,9 @@ function prepare(opts: {
     maxShift: opts.maxShift,
     seed: opts.seed,
     augment: opts.augment,
+    prompts: opts.prompts ?? null,
+    native: opts.native ?? false,
+    tooSmall: index.tooSmall,
     cacheBytes,
   };
   return new BatchProducer(cfg, opts.log, store);
@@ -337,6 +411,7 @@ export function createTrainLoader(opts: TrainLoaderOptions): TrainLoader {
     maxShift: scaledBoxShift(opts.bboxShift, opts.imageSize),
     seed,
     augment,
+    prompts: opts.prompts,
     cacheBytes: opts.cacheBytes,
     onBadFile: opts.onBadFile,
     log,
@@ -368,7 +443,8 @@ export function createTrainLoader(opts: TrainLoaderOptions): TrainLoader {
     rng = seedrandom(`${seed}/augment`, { state: true });
     delivered = { version: 1, seed, samples: n, epoch, position, rng: rng.state(), skipped: 0 };
   }
-  let perm = epochPermutation(seed, epoch, n);
+  const epochOrder = (e: number) => (opts.balanceLabels ? balancedEpochOrder(seed, e, index.label) : epochPermutation(seed, e, n));
+  let perm = epochOrder(epoch);
 
   const plan = (): { items: PlannedItem[]; cursor: Omit<CursorState, 'skipped'> } => {
     const items: PlannedItem[] = [];
@@ -376,7 +452,7 @@ export function createTrainLoader(opts: TrainLoaderOptions): TrainLoader {
       if (position >= n) {
         epoch++;
         position = 0;
-        perm = epochPermutation(seed, epoch, n);
+        perm = epochOrder(epoch);
       }
       items.push({ sample: perm[position], params: drawParams(rng, augment), epoch, position });
       position++;
@@ -448,13 +524,22 @@ export interface ValSetOptions {
   seed: number | string;
   /** samples per batch of the returned list (default 8) */
   batchSize?: number;
+  /** score at the label's native resolution: batches carry `native`; labels need only show at the input size */
+  native?: boolean;
   cacheBytes?: number;
   onBadFile?: 'error' | 'warn';
   log?: (msg: string) => void;
 }
 
+export interface ValSet {
+  batches: Batch[];
+  /** (slice, label) pairs left out: too small to see at the scored resolution, or failing to load */
+  tooSmall: number;
+  unloadable: number;
+}
+
 /** A fixed validation set: unperturbed boxes (no shift), no augmentation, the same every call. */
-export async function buildValSet(opts: ValSetOptions): Promise<Batch[]> {
+export async function buildValSet(opts: ValSetOptions): Promise<ValSet> {
   const batchSize = opts.batchSize ?? 8;
   checkSize(opts.imageSize, batchSize);
   const log = opts.log ?? ((m: string) => console.warn(m));
@@ -467,14 +552,18 @@ export async function buildValSet(opts: ValSetOptions): Promise<Batch[]> {
     chosen = Array.from(epochPermutation(`${seed}/val`, 0, n).subarray(0, opts.maxSamples)).sort((a, b) => a - b);
   }
   const batches: Batch[] = [];
+  let unloadable = 0;
   for (let i = 0; i < chosen.length; i += batchSize) {
     const items = chosen.slice(i, i + batchSize).map((sample) => ({ sample, params: UNPERTURBED, epoch: 0, position: 0 }));
     try {
-      batches.push((await producer.produce(items, false)).batch);
+      const produced = await producer.produce(items, false);
+      batches.push(produced.batch);
+      unloadable += produced.skipped;
     } catch {
       // every sample of this group failed; each was warned about
+      unloadable += items.length;
     }
   }
   if (batches.length === 0) throw new Error('validation set: no loadable sample');
-  return batches;
+  return { batches, tooSmall: producer.index.tooSmall, unloadable };
 }

@@ -57,6 +57,8 @@ export interface SampleIndex {
   slice: Int32Array;
   label: Int32Array;
   length: number;
+  /** (slice, label) pairs left out at indexing (too small to see at the resolution asked for) */
+  tooSmall: number;
 }
 
 /**
@@ -265,7 +267,6 @@ export function buildSampleIndex(store: SliceStore, opts: IndexOptions = {}): Sa
     if ((opts.onBadFile ?? 'error') === 'error') throw new Error(msg);
     (opts.log ?? console.warn)(`warning: ${msg}\n  (left out)`);
   }
-  if (dropped > 0) (opts.log ?? console.warn)(`note: left out ${dropped} (slice, label) sample(s) too small to see at the model's mask resolution`);
   if (file.length === 0) throw new Error('no training samples: no file holds a (large enough) labelled slice');
   return {
     entries: store.entries,
@@ -273,6 +274,7 @@ export function buildSampleIndex(store: SliceStore, opts: IndexOptions = {}): Sa
     slice: Int32Array.from(slice),
     label: Int32Array.from(label),
     length: file.length,
+    tooSmall: dropped,
   };
 }
 

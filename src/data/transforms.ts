@@ -409,12 +409,16 @@ export interface BatchBuffers {
   images: Float32Array;
   masks: Float32Array;
   boxes: Float32Array;
+  /** (B, S, S) ground truth at input resolution, written when present (clicks are drawn from it) */
+  fullMasks?: Float32Array;
 }
 
 /**
  * Render one sample (slice, label) into slot `i` of the batch buffers at model resolution `size`:
- * image (S,S,3), low-res ground truth (S/4,S/4), box. Returns false, writing nothing useful, when
- * the label is not visible at either resolution (a tiny label lost by resizing or rotated out).
+ * image (S,S,3), low-res ground truth (S/4,S/4), box, and the full-resolution ground truth when
+ * asked. Returns false, writing nothing useful, when the label is not visible at either
+ * resolution (a tiny label lost by resizing or rotated out);
+ * without `requireLowRes`, only the input resolution has to show it (scoring at native resolution).
  */
 export function renderSample(
   src: SliceData,
@@ -424,14 +428,15 @@ export function renderSample(
   params: SampleParams,
   dst: BatchBuffers,
   i: number,
+  requireLowRes = true,
 ): boolean {
   const low = size / 4;
   const labelMap = pixelMap(src.labelWidth, src.labelHeight, size, params.aug);
-  const full = warpLabel(src, label, size, labelMap);
+  const full = warpLabel(src, label, size, labelMap, dst.fullMasks, i * size * size);
   if (!full) return false;
   const lowMap = pixelMap(src.labelWidth, src.labelHeight, low, params.aug);
   const lowRes = warpLabel(src, label, low, lowMap, dst.masks, i * low * low);
-  if (!lowRes) return false;
+  if (!lowRes && requireLowRes) return false;
   warpImage(src, size, pixelMap(src.width, src.height, size, params.aug), dst.images, i * size * size * 3);
   dst.boxes.set(shiftBox(full.box, maxShift, params.shift, size), i * 4);
   return true;

@@ -14,6 +14,21 @@ export interface Batch {
   boxes: Float32Array;
   /** (B, 1, S/4, S/4) binary ground truth at the low-res mask size */
   masks: Float32Array;
+  /**
+   * The prompt points when the run samples prompts beyond boxes (src/data/prompts.ts): `slots`
+   * per sample, coords (B, slots, 2) in input pixels, labels (B, slots): 2/3 box corners,
+   * 1 positive clicks, -1 padding. Absent: the box is the prompt.
+   */
+  points?: { slots: number; coords: Float32Array; labels: Float32Array };
+  /** (B, S, S) binary ground truth at input resolution, for correction clicks; only with `points` */
+  fullMasks?: Float32Array;
+  /** the label value each sample segments */
+  labelValues: Int32Array;
+  /**
+   * Validation at the label's native resolution: each sample's ground truth on the slice's own
+   * label grid (width x height, 1 = the label), to score the upsampled prediction against.
+   */
+  native?: Array<{ width: number; height: number; mask: Uint8Array }>;
   /** where each sample came from: "file.npz#slice=12,label=1" */
   sources: string[];
   /** the image slice each sample was rendered from (what the embedding cache is keyed by) */

@@ -11,13 +11,16 @@ export interface PromptedMasks {
   boxes: Float32Array;
   /** (B * maskSize * maskSize) ground truth, > 0.5 = object */
   masks: Float32Array;
+  /** each sample's ground truth on its slice's own grid, when scored at native resolution */
+  native?: Array<{ width: number; height: number; mask: ArrayLike<number> }>;
 }
 
 /**
- * The ellipse filling a box (x0, y0, x1, y1 in continuous pixel coordinates of an image `scale`
- * times the grid's size): 1 on the (height x width) grid cells whose centres lie inside it.
+ * The ellipse filling a box (x0, y0, x1, y1 in continuous pixel coordinates of an image `scaleX`
+ * times the grid's width and `scaleY` times its height): 1 on the (height x width) grid cells
+ * whose centres lie inside it.
  */
-export function ellipseInBox(box: ArrayLike<number>, height: number, width: number, scale = 1): Uint8Array {
+export function ellipseInBox(box: ArrayLike<number>, height: number, width: number, scaleX = 1, scaleY = scaleX): Uint8Array {
   const [x0, y0, x1, y1] = [box[0], box[1], box[2], box[3]];
   const cx = (x0 + x1) / 2;
   const cy = (y0 + y1) / 2;
@@ -26,7 +29,7 @@ export function ellipseInBox(box: ArrayLike<number>, height: number, width: numb
   const out = new Uint8Array(height * width);
   for (let i = 0; i < height; i++) {
     for (let j = 0; j < width; j++) {
-      if ((((j + 0.5) * scale - cx) / rx) ** 2 + (((i + 0.5) * scale - cy) / ry) ** 2 <= 1) out[i * width + j] = 1;
+      if ((((j + 0.5) * scaleX - cx) / rx) ** 2 + (((i + 0.5) * scaleY - cy) / ry) ** 2 <= 1) out[i * width + j] = 1;
     }
   }
   return out;
@@ -34,14 +37,15 @@ export function ellipseInBox(box: ArrayLike<number>, height: number, width: numb
 
 /**
  * Dice of the trivial answer "an ellipse filling the prompt box" against each sample's ground
- * truth, at the low-res mask size.
+ * truth, at the low-res mask size, or on the slice's own grid when the samples carry it.
  */
 export function ellipseInBoxDice(b: PromptedMasks): number[] {
   const m = b.maskSize;
   const out: number[] = [];
   for (let n = 0; n < b.batchSize; n++) {
-    const ellipse = ellipseInBox(b.boxes.subarray(n * 4, n * 4 + 4), m, m, b.imageSize / m);
-    const gt = b.masks.subarray(n * m * m, (n + 1) * m * m).map((v) => (v > 0.5 ? 1 : 0));
+    const grid = b.native?.[n] ?? { width: m, height: m, mask: b.masks.subarray(n * m * m, (n + 1) * m * m) };
+    const ellipse = ellipseInBox(b.boxes.subarray(n * 4, n * 4 + 4), grid.height, grid.width, b.imageSize / grid.width, b.imageSize / grid.height);
+    const gt = Uint8Array.from(grid.mask, (v) => (v > 0.5 ? 1 : 0));
     out.push(diceCoefficient(gt, ellipse));
   }
   return out;

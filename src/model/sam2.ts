@@ -192,18 +192,30 @@ export class SAM2Base implements Module {
     const batch = boxShape[0];
     const imageBatch = ops.shape(backboneFpn[0])[0];
     if (batch !== imageBatch) throw new Error(`predictFromBoxes: ${batch} boxes for a batch of ${imageBatch} images`);
-    const imageEmbed = this.withNoMemEmbed(ops, backboneFpn[backboneFpn.length - 1]);
-    const highRes = this.highResFeatures(ops, backboneFpn);
     const coords = ops.reshape(boxes, [-1, 2, 2]);
     const labels = ops.constant(Array.from({ length: batch }, () => [2, 3]).flat(), [batch, 2]);
-    const { sparse, dense } = this.promptEncoder.forward(ops, { points: { coords, labels } });
+    return this.decodePrompts(ops, this.embeddingsFromFeatures(ops, backboneFpn), { coords, labels }, undefined, multimaskOutput);
+  }
+
+  /** `imageEmbeddings` from the image encoder's outputs (`backboneFpn`, fine to coarse). */
+  embeddingsFromFeatures<T>(ops: Ops<T>, backboneFpn: T[]): ImageEmbeddings<T> {
+    return { imageEmbed: this.withNoMemEmbed(ops, backboneFpn[backboneFpn.length - 1]), highRes: this.highResFeatures(ops, backboneFpn) };
+  }
+
+  /**
+   * Prompt encoder + mask decoder on an image's embeddings, the decoder's raw outputs: what
+   * fine-tuning trains on, once per prompt round. `points` as in `PointInputs` (a box is its two
+   * corners, labels 2 and 3); `maskInputs` (B, 1, S/4, S/4) logits, the previous round's mask.
+   */
+  decodePrompts<T>(ops: Ops<T>, embeddings: ImageEmbeddings<T>, points: PointInputs<T>, maskInputs?: T, multimaskOutput = false): MaskDecoderOutput<T> {
+    const { sparse, dense } = this.promptEncoder.forward(ops, { points, masks: maskInputs });
     return this.maskDecoder.forward(ops, {
-      imageEmbeddings: imageEmbed,
+      imageEmbeddings: embeddings.imageEmbed,
       imagePe: this.promptEncoder.densePe(ops),
       sparse,
       dense,
       multimaskOutput,
-      highResFeatures: highRes,
+      highResFeatures: embeddings.highRes,
     });
   }
 

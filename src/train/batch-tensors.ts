@@ -17,3 +17,22 @@ export function logitsNhwc(masks: tf.Tensor): tf.Tensor {
   if (c !== 1) throw new Error(`expected one mask per prompt, got ${c}`);
   return tf.reshape(masks, [b, h, w, 1]);
 }
+
+/** Prompt points on the host: `slots` per sample, coords (B, slots, 2), labels (B, slots). */
+export interface HostPoints {
+  slots: number;
+  coords: Float32Array;
+  labels: Float32Array;
+}
+
+/** The batch's prompt points: those it was sampled with, or its box as two corners (labels 2, 3). */
+export function promptPoints(b: Batch): HostPoints {
+  if (b.points) return b.points;
+  return { slots: 2, coords: b.boxes, labels: Float32Array.from({ length: b.batchSize * 2 }, (_, i) => 2 + (i % 2)) };
+}
+
+/** Host points as the model's point inputs, coords (B, P, 2) and labels (B, P). */
+export function pointTensors(p: HostPoints): { coords: tf.Tensor; labels: tf.Tensor } {
+  const batch = p.labels.length / p.slots;
+  return { coords: tf.tensor3d(p.coords, [batch, p.slots, 2]), labels: tf.tensor2d(p.labels, [batch, p.slots]) };
+}

@@ -67,6 +67,10 @@ const DataSchema = z.strictObject({
   workers: z.number().int().nonnegative().default(0),
   /** at most this many validation samples (a fixed, evenly spread subset); 0: all */
   val_samples: z.number().int().nonnegative().default(0),
+  /** score validation at each label's native resolution (logits upsampled to the slice) instead of the 1/4 low-res mask */
+  val_native_resolution: z.boolean().default(false),
+  /** each epoch draws the labels equally often (rare labels repeat) instead of every sample once */
+  balance_labels: z.boolean().default(false),
 });
 
 /**
@@ -79,6 +83,26 @@ const EmbeddingCacheSchema = z.strictObject({
   /** size cap in GB (1e9 bytes); the oldest entries are evicted beyond it */
   max_gb: z.number().positive().default(10),
 });
+
+/**
+ * The prompts of training samples, as SAM2's trainer draws them (src/data/prompts.ts): a box with
+ * probability `box`, positive clicks from the object with probability `points` (always without a
+ * box), then `correction_rounds` rounds that each add one click from the prediction's error and
+ * feed the previous low-res logits back as the mask prompt; the loss sums over all rounds.
+ * The default is the seed recipe's box alone.
+ */
+const PromptsSchema = z
+  .strictObject({
+    box: z.number().min(0).max(1).default(1),
+    points: z.number().min(0).max(1).default(0),
+    /** clicks per sample, drawn uniformly in [min, max] */
+    num_points: z.tuple([positiveInt, positiveInt]).default([1, 1]),
+    /** SAM2's num_correction_pt_per_frame: simulated correction clicks after the first prediction */
+    correction_rounds: z.number().int().nonnegative().default(0),
+    /** the fraction of micro-batches that get the correction rounds (seeded by step), as SAM2 corrects only some frames */
+    correction_prob: z.number().min(0).max(1).default(1),
+  })
+  .refine((p) => p.num_points[0] <= p.num_points[1], { message: 'num_points: [min, max] with min <= max', path: ['num_points'] });
 
 const TrainSchema = z.strictObject({
   /** optimizer steps */
@@ -129,6 +153,7 @@ export const TrainConfigSchema = z.strictObject({
   backend_threads: positiveInt.nullable().default(null),
   model: ModelSchema.prefault({}),
   data: DataSchema,
+  prompts: PromptsSchema.prefault({}),
   train: TrainSchema,
 });
 

@@ -1,6 +1,7 @@
 /**
  * Where a run reports: `<run-dir>/metrics.jsonl` (one JSON object a line:
- * `{"step","loss",<terms>,"lr"}` for training (terms: dice and bce, or those of the SAM2 loss), `{"step","val_dice"}` for validation),
+ * `{"step","loss",<terms>,"lr"}` for training (terms: dice and bce, or those of the SAM2 loss),
+ * `{"step","val_dice","val_dice_per_label":{<label name>: dice}}` for validation),
  * TensorBoard event files in `<run-dir>/tensorboard/` (the same numbers plus grad norm, img/s
  * and a validation overlay image), and a console progress bar (plain lines when not a TTY).
  */
@@ -107,9 +108,11 @@ export class MetricsLog {
     }
   }
 
-  val(step: number, valDice: number, overlay?: TbImage): void {
-    appendFileSync(this.jsonlPath, `${JSON.stringify({ step, val_dice: round(valDice) })}\n`);
-    this.tb.scalars(step, { 'val/dice': valDice });
+  /** `perLabel`: mean Dice by label name */
+  val(step: number, valDice: number, perLabel: Record<string, number>, overlay?: TbImage): void {
+    const byName = Object.fromEntries(Object.entries(perLabel).map(([k, v]) => [k, round(v)]));
+    appendFileSync(this.jsonlPath, `${JSON.stringify({ step, val_dice: round(valDice), val_dice_per_label: byName })}\n`);
+    this.tb.scalars(step, { 'val/dice': valDice, ...Object.fromEntries(Object.entries(perLabel).map(([k, v]) => [`val/dice/${k.replace(/[^\w.-]+/g, '_')}`, v])) });
     if (overlay) this.tb.image(step, 'val/overlay', overlay);
   }
 

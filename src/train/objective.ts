@@ -1,5 +1,6 @@
 /**
- * The training objective the config names (`train.loss`), on one decoder output:
+ * The training objective the config names (`train.loss`), on the decoder output of each prompt
+ * round (one, or more with correction rounds: the loss sums over rounds, as SAM2's trainer's):
  * - `dice_bce` (default; the seed recipe, MedSAM2): Dice + BCE on the single mask;
  * - `sam2`: SAM2's own loss, focal x 20 + Dice + IoU prediction + object score (sam2-loss.ts),
  *   which also trains the IoU and object-score heads.
@@ -18,13 +19,16 @@ export interface Objective {
 }
 
 /** `target`: (B, m, m, 1) binary masks at the decoder's low resolution. */
-export function trainingObjective(out: MaskDecoderOutput<tf.Tensor>, target: tf.Tensor, t: TrainConfig['train']): Objective {
+export function trainingObjective(output: MaskDecoderOutput<tf.Tensor> | Array<MaskDecoderOutput<tf.Tensor>>, target: tf.Tensor, t: TrainConfig['train']): Objective {
+  const rounds = Array.isArray(output) ? output : [output];
   if (t.loss === 'sam2') {
     const [b, m] = target.shape;
     const targetNchw = tf.reshape(target, [b, 1, m, m]);
-    const l = sam2Loss([{ masks: out.masks, ious: out.iouPred, objectScores: out.objectScoreLogits }], targetNchw);
+    const l = sam2Loss(rounds.map((out) => ({ masks: out.masks, ious: out.iouPred, objectScores: out.objectScoreLogits })), targetNchw);
     return { loss: l.loss, terms: { focal: l.focal, dice: l.dice, iou: l.iou, object_score: l.objectScore } };
   }
-  const l = segmentationLoss(logitsNhwc(out.masks), target, t.dice_weight, t.bce_weight);
-  return { loss: l.loss, terms: { dice: l.dice, bce: l.bce } };
+  const perRound = rounds.map((out) => segmentationLoss(logitsNhwc(out.masks), target, t.dice_weight, t.bce_weight));
+  if (perRound.length === 1) return { loss: perRound[0].loss, terms: { dice: perRound[0].dice, bce: perRound[0].bce } };
+  const sum = (k: 'loss' | 'dice' | 'bce') => tf.addN(perRound.map((l) => l[k])) as tf.Scalar;
+  return { loss: sum('loss'), terms: { dice: sum('dice'), bce: sum('bce') } };
 }

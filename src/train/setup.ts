@@ -5,9 +5,10 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { buildValSet, createTrainLoader, type TrainLoader } from '../data/loader.js';
-import { resolveDataEntries } from '../data/sampling.js';
+import { isBoxOnly, type PromptSampling } from '../data/prompts.js';
+import { resolveDataEntries, type DataEntry } from '../data/sampling.js';
 import { splitByPatient, type PatientSplit } from '../data/split.js';
 import type { Batch } from '../data/types.js';
 import { readStateDict } from '../io/checkpoint-file.js';
@@ -86,9 +87,19 @@ export interface DataSetup {
   valSet: Batch[];
   /** validation samples */
   valCount: number;
+  /** label value -> name (labels.json beside the data) */
+  labelNames: Map<number, string>;
+  dropped: DroppedSamples;
 }
 
 export const SPLIT_FILE = 'split.json';
+
+/** The loader's prompt sampling; none for the seed recipe's box alone (its batches stay as they were). */
+function promptSampling(config: TrainConfig): PromptSampling | undefined {
+  const p = config.prompts;
+  const sampling: PromptSampling = { box: p.box, points: p.points, numPoints: p.num_points };
+  return isBoxOnly(sampling) && p.correction_rounds === 0 ? undefined : sampling;
+}
 
 /**
  * data.val_fraction: data.train's volumes (one npz file a patient) split by patient, seeded; the
@@ -145,20 +156,89 @@ export async function setupData(config: TrainConfig, imageSize: number, runDir: 
     bboxShift: d.bbox_shift,
     seed: config.seed,
     augment,
+    prompts: promptSampling(config),
+    balanceLabels: d.balance_labels,
     prefetch: d.prefetch,
     workers: d.workers,
     state: loaderState,
   });
-  const valSet = valFiles
+  const val = valFiles
     ? await buildValSet({
         files: valFiles,
         imageSize,
         maxSamples: d.val_samples > 0 ? d.val_samples : Number.MAX_SAFE_INTEGER,
         seed: config.seed,
         batchSize: config.train.batch_size,
+        native: d.val_native_resolution,
       })
-    : [];
+    : undefined;
+  const valSet = val?.batches ?? [];
   const valCount = valSet.reduce((n, b) => n + b.batchSize, 0);
-  say(`data: ${loader.size} training samples per epoch${valFiles ? `, ${valCount} validation samples` : ''}`);
-  return { loader, valSet, valCount };
+  const dropped: DroppedSamples = {
+    trainTooSmall: loader.index.tooSmall,
+    valTooSmall: val?.tooSmall ?? 0,
+    valUnloadable: val?.unloadable ?? 0,
+    trainSkipped: loader.skipped(),
+  };
+  const labelNames = readLabelNames(resolveDataEntries(trainFiles));
+  say(`data: ${loader.size} training samples per epoch${valFiles ? `, ${valCount} validation samples` : ''}${describeLabels(loader.index.label, labelNames)}`);
+  const left = describeDropped(dropped, imageSize, d.val_native_resolution);
+  if (left) say(left);
+  return { loader, valSet, valCount, labelNames, dropped };
+}
+
+/**
+ * Every (slice, label) sample left out, counted in one place: at indexing (too small to see at
+ * the resolution trained or scored at), validation samples that failed to load, and training
+ * samples skipped (and replaced) while the run went on.
+ */
+export interface DroppedSamples {
+  trainTooSmall: number;
+  valTooSmall: number;
+  valUnloadable: number;
+  /** as of the loader's cursor (resumed runs count from the start) */
+  trainSkipped: number;
+}
+
+/** One line on the samples left out, or '' when none was. */
+export function describeDropped(d: DroppedSamples, imageSize: number, valNative: boolean): string {
+  const parts: string[] = [];
+  if (d.trainTooSmall > 0) parts.push(`${d.trainTooSmall} training (slice, label) sample(s) too small to see in the ${imageSize / 4} px masks`);
+  if (d.valTooSmall > 0) parts.push(`${d.valTooSmall} validation sample(s) too small to see at ${valNative ? `${imageSize} px` : `${imageSize / 4} px (data.val_native_resolution scores them)`}`);
+  if (d.valUnloadable > 0) parts.push(`${d.valUnloadable} validation sample(s) that failed to load`);
+  if (d.trainSkipped > 0) parts.push(`${d.trainSkipped} training sample(s) skipped and replaced while training`);
+  return parts.length > 0 ? `left out: ${parts.join('; ')}` : '';
+}
+
+/** Label value -> name from the labels.json that `medtune prepare` writes beside the volumes. */
+export function readLabelNames(entries: DataEntry[]): Map<number, string> {
+  const names = new Map<number, string>();
+  for (const dir of new Set(entries.map((e) => dirname(e.path)))) {
+    const path = join(dir, 'labels.json');
+    if (!existsSync(path)) continue;
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(readFileSync(path, 'utf8'));
+    } catch (err) {
+      throw new Error(`${path}: not valid JSON (${(err as Error).message})`);
+    }
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error(`${path}: expected {"<label value>": "<name>", ...}`);
+    for (const [k, v] of Object.entries(parsed)) {
+      if (!/^\d+$/.test(k) || typeof v !== 'string') throw new Error(`${path}: expected {"<label value>": "<name>", ...}, got "${k}": ${JSON.stringify(v)}`);
+      names.set(Number(k), v);
+    }
+  }
+  return names;
+}
+
+/** A label's name for logs and tags: its labels.json name, or "label N". */
+export function labelName(names: Map<number, string>, value: number): string {
+  return names.get(value) ?? `label ${value}`;
+}
+
+/** " (label: count, ...)" of the training samples. */
+function describeLabels(labels: Int32Array, names: Map<number, string>): string {
+  const counts = new Map<number, number>();
+  for (const l of labels) counts.set(l, (counts.get(l) ?? 0) + 1);
+  return ` (${[...counts].sort((a, b) => a[0] - b[0]).map(([l, n]) => `${labelName(names, l)} ${n}`).join(', ')})`;
 }

@@ -1,18 +1,31 @@
 /**
- * One optimizer step: grad_accum micro-batches (batch -> forward -> loss -> gradients),
- * gradient clipping, a stop before the update on a non-finite loss or gradient, AdamW. Values
- * are read back asynchronously (`await t.data()`), never with a synchronous read.
+ * One optimizer step: grad_accum micro-batches (batch -> [correction rounds planned without
+ * gradient] -> forward over every prompt round -> loss -> gradients), gradient clipping, a stop
+ * before the update on a non-finite loss or gradient, AdamW. Values are read back
+ * asynchronously (`await t.data()`), never with a synchronous read.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { join } from 'node:path';
+import seedrandom from 'seedrandom';
 import type { TrainLoader } from '../data/loader.js';
 import type { TrainConfig } from './config.js';
 import { clipGradNorm, GradAccumulator } from './optimizer.js';
-import { batchTensors } from './batch-tensors.js';
+import { batchTensors, pointTensors, promptPoints } from './batch-tensors.js';
+import { maskInputTensor, planCorrectionRounds, type PromptRound } from './corrections.js';
 import { trainingObjective } from './objective.js';
+import type { ImageEmbeddings } from '../model/sam2.js';
 import type { ModelSetup } from './setup.js';
 
 export class NonFiniteLossError extends Error {}
+
+/** Correction rounds (`prompts.correction_rounds`) for a micro-batch with `probability`, drawn from (seed, step, micro-batch). */
+export interface Corrections {
+  rounds: number;
+  probability: number;
+  seed: string;
+}
+
+const NO_CORRECTIONS: Corrections = { rounds: 0, probability: 0, seed: '' };
 
 export interface StepStats {
   /** training loss and its named terms, averaged over the micro-batches */
@@ -24,19 +37,31 @@ export interface StepStats {
 }
 
 /** The step that takes `step` to `step + 1`, with the learning rate scaled by `lrScale`. */
-export async function trainStep(run: ModelSetup, loader: TrainLoader, t: TrainConfig['train'], step: number, lrScale: number, runDir: string): Promise<StepStats> {
+export async function trainStep(
+  run: ModelSetup,
+  loader: TrainLoader,
+  t: TrainConfig['train'],
+  step: number,
+  lrScale: number,
+  runDir: string,
+  corrections: Corrections = NO_CORRECTIONS,
+): Promise<StepStats> {
   const { model, ops, trainable, keyOfVar, optimizer } = run;
   const accumulator = new GradAccumulator();
   const stats: StepStats = { loss: 0, terms: {}, gradNorm: 0, samples: 0 };
   for (let micro = 0; micro < t.grad_accum; micro++) {
     const batch = await loader.next();
     const x = batchTensors(batch);
-    // a frozen encoder's outputs, from the embedding cache: only the prompt encoder and decoder run below
+    // a frozen encoder's outputs, from the embedding cache: then only the prompt encoder and decoder run
     const encoded = await run.embeddingCache?.features(batch);
+    const embed = () => (encoded ? model.embeddingsFromFeatures(ops, encoded) : model.imageEmbeddings(ops, x.images));
+    const correct = corrections.rounds > 0 && seedrandom(`${corrections.seed}/correct/${step}/${micro}`)() < corrections.probability;
+    const rounds = correct
+      ? await planCorrectionRounds(model, ops, x.images, promptPoints(batch), batch.fullMasks ?? missingFullMasks(), corrections.rounds, embed)
+      : [{ points: promptPoints(batch) }];
     let terms: Record<string, tf.Scalar> = {};
     const { value, grads } = tf.variableGrads(() => {
-      const output = encoded ? model.predictFromFeatures(ops, encoded, x.boxes) : model.predictFromBoxes(ops, x.images, x.boxes);
-      const objective = trainingObjective(output, x.masks, t);
+      const objective = trainingObjective(forwardRounds(run, embed(), batch.batchSize, rounds), x.masks, t);
       terms = Object.fromEntries(Object.entries(objective.terms).map(([k, v]) => [k, tf.keep(v)]));
       return objective.loss;
     }, [...trainable.values()]);
@@ -61,6 +86,15 @@ export async function trainStep(run: ModelSetup, loader: TrainLoader, t: TrainCo
   tf.dispose([...new Set([...raw.values(), ...grads.values()])]);
   stats.gradNorm = norm;
   return stats;
+}
+
+function missingFullMasks(): never {
+  throw new Error('correction rounds need the full-resolution ground truth: create the loader with prompts beyond the box');
+}
+
+/** The decoder output of every prompt round, on one encoding of the batch's images. */
+export function forwardRounds(run: Pick<ModelSetup, 'model' | 'ops'>, embeddings: ImageEmbeddings<tf.Tensor>, batch: number, rounds: PromptRound[]) {
+  return rounds.map((r) => run.model.decodePrompts(run.ops, embeddings, pointTensors(r.points), r.maskInput && maskInputTensor(r.maskInput, batch)));
 }
 
 /**

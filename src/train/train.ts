@@ -20,7 +20,7 @@ import { openEmbeddingCache } from './embedding-cache.js';
 import { MetricsLog } from './metrics-log.js';
 import { saveStepCheckpoints, watchStopSignals, type RunProgress } from './run-progress.js';
 import { lrScale } from './schedule.js';
-import { setupData, setupModel } from './setup.js';
+import { describeDropped, labelName, setupData, setupModel, type DroppedSamples } from './setup.js';
 import { explainStepFailure, trainStep } from './step.js';
 import { validate } from './validate.js';
 
@@ -48,14 +48,16 @@ export interface TrainResult {
   step: number;
   /** training loss of each step this call ran, in order */
   losses: number[];
-  /** validation Dice by step, in order */
-  valDice: Array<{ step: number; dice: number }>;
+  /** validation Dice by step, in order, overall and by label name */
+  valDice: Array<{ step: number; dice: number; perLabel: Record<string, number> }>;
   bestValDice: number | null;
   /** validation Dice of the trivial answer, an ellipse filling each prompt box */
   ellipseDice: number | null;
   /** stopped by a signal or stopAfterStep before max_steps */
   interrupted: boolean;
   skippedSamples: number;
+  /** every sample left out, by reason (skippedSamples is its trainSkipped) */
+  dropped: DroppedSamples;
 }
 
 export async function train(opts: TrainOptions): Promise<TrainResult> {
@@ -68,31 +70,34 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   writeFileSync(join(runDir, 'config.yaml'), configYaml);
   const run = setupModel(config, runDir, opts.resume, say);
   run.embeddingCache = await openEmbeddingCache(config, run, runDir, say);
-  const { loader, valSet } = await setupData(config, run.modelConfig.image_size, runDir, run.resumed?.state.loader, say);
+  const { loader, valSet, labelNames, dropped } = await setupData(config, run.modelConfig.image_size, runDir, run.resumed?.state.loader, say);
   const ellipseDice = meanEllipseDice(valSet);
-  if (ellipseDice !== null) say(`validation baseline: an ellipse filling each box scores Dice ${ellipseDice.toFixed(4)}`);
+  if (ellipseDice !== null) say(`validation baseline: an ellipse filling each box scores Dice ${ellipseDice.toFixed(4)}${config.data.val_native_resolution ? ' (at native resolution)' : ''}`);
 
   const p: RunProgress = { step: run.resumed?.state.step ?? 0, bestValDice: run.resumed?.state.bestValDice ?? null, samplesSeen: run.resumed?.state.samplesSeen ?? 0 };
-  const result: TrainResult = { runDir, step: p.step, losses: [], valDice: [], bestValDice: p.bestValDice, ellipseDice, interrupted: false, skippedSamples: 0 };
+  const result: TrainResult = { runDir, step: p.step, losses: [], valDice: [], bestValDice: p.bestValDice, ellipseDice, interrupted: false, skippedSamples: 0, dropped };
   const log = new MetricsLog(runDir, { maxSteps: t.max_steps, startStep: p.step, progress: opts.progress, quiet: opts.quiet });
   const stop = watchStopSignals(opts.handleSignals ?? true, (sig) => log.message(`${sig}: finishing step ${p.step + 1}, then saving a checkpoint (again to quit at once)`));
   /** validation at the current step; true when it is the best so far */
   const validateNow = async (note?: string) => {
     const v = await validate(run.model, run.ops, valSet, run.embeddingCache);
-    result.valDice.push({ step: p.step, dice: v.dice });
-    log.val(p.step, v.dice, v.overlay);
+    const perLabel = Object.fromEntries([...v.perLabel].map(([l, s]) => [labelName(labelNames, l), s.dice]));
+    result.valDice.push({ step: p.step, dice: v.dice, perLabel });
+    log.val(p.step, v.dice, perLabel, v.overlay);
     const better = p.bestValDice === null || v.dice > p.bestValDice;
     if (better && !note) p.bestValDice = v.dice;
-    log.message(`step ${p.step}: val Dice ${v.dice.toFixed(4)}${note ?? (better ? ' (best)' : '')}`);
+    const labels = v.perLabel.size > 1 ? `; ${[...v.perLabel].map(([l, s]) => `${labelName(labelNames, l)} ${s.dice.toFixed(4)} (${s.count})`).join(', ')}` : '';
+    log.message(`step ${p.step}: val Dice ${v.dice.toFixed(4)}${note ?? (better ? ' (best)' : '')}${labels}`);
     return better && !note;
   };
 
+  const corrections = { rounds: config.prompts.correction_rounds, probability: config.prompts.correction_prob, seed: String(config.seed) };
   if (valSet.length > 0 && t.val_at_start && p.step === 0) await validateNow(' (before training)');
   let lastTime = performance.now();
   try {
     while (p.step < t.max_steps) {
       const scale = lrScale(p.step, { lr: t.lr, minLr: t.min_lr, warmupSteps: t.warmup_steps, maxSteps: t.max_steps });
-      const s = await trainStep(run, loader, t, p.step, scale, runDir);
+      const s = await trainStep(run, loader, t, p.step, scale, runDir, corrections);
       p.step++;
       p.samplesSeen += s.samples;
       result.losses.push(s.loss);
@@ -119,7 +124,9 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     run.optimizer.dispose();
     tf.dispose([...run.params.values()]);
   }
-  Object.assign(result, { step: p.step, bestValDice: p.bestValDice, skippedSamples: loader.skipped() });
-  if (result.skippedSamples > 0) say(`${result.skippedSamples} bad sample(s) were skipped (see the warnings above)`);
+  dropped.trainSkipped = loader.skipped();
+  Object.assign(result, { step: p.step, bestValDice: p.bestValDice, skippedSamples: dropped.trainSkipped });
+  const left = describeDropped(dropped, run.modelConfig.image_size, config.data.val_native_resolution);
+  if (left) say(`${left}${dropped.trainSkipped + dropped.valUnloadable > 0 ? ' (see the warnings above)' : ''}`);
   return result;
 }
