@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 // tfjs-core's CommonJS build registers no gradients; the union package registers them all.
 import '@tensorflow/tfjs';
-import type { Conv2dOptions, Ops } from './ops.js';
+import type { Conv2dOptions, LinearAdapters, Ops } from './ops.js';
 import { fusedLayerNorm, hasFusedLayerNorm } from './fused-layer-norm.js';
 
 /*
@@ -85,6 +85,7 @@ export class TfOps implements Ops<tf.Tensor> {
   constructor(
     private readonly params: ReadonlyMap<string, tf.Tensor>,
     private readonly attentionChunkBytes = Math.min(ATTENTION_CHUNK_BYTES, Number(tf.env().getFlags().MEDTUNE_MAX_BINDING_BYTES ?? Infinity)),
+    readonly adapters?: LinearAdapters<tf.Tensor>,
   ) {}
 
   param(name: string): tf.Tensor {

@@ -13,7 +13,9 @@ import type { Batch } from '../data/types.js';
 import { readStateDict } from '../io/checkpoint-file.js';
 import { resolveModelChoice, type Sam2Config } from '../model/config.js';
 import { SAM2Base } from '../model/sam2.js';
+import { Adapters, isAdapterParam } from '../model/adapters.js';
 import { TfOps } from '../model/tf-ops.js';
+import { ADAPTER_FILE, AdapterDropout, adaptedStateDict, baseWeightsOf, plannedAdapters, type AdapterMeta } from './adapters.js';
 import { initParams, loadStateDict, paramCount, toTfParams, type StateDict } from '../model/weights.js';
 import { findCheckpoint, loadCheckpoint, type Checkpoint } from './checkpoint.js';
 import type { TrainConfig } from './config.js';
@@ -31,6 +33,8 @@ export interface ModelSetup {
   optimizer: AdamW;
   /** the checkpoint the run continues from */
   resumed?: Checkpoint;
+  /** an adapter run: what its checkpoints describe, and the training dropout's seeding */
+  adapter?: { meta: AdapterMeta; dropout?: AdapterDropout };
 }
 
 /** The model, its weights and optimizer, resumed from `resume` ('auto': the run's latest checkpoint) when given. */
@@ -42,24 +46,34 @@ export function setupModel(config: TrainConfig, runDir: string, resume: string |
   const resumeDir = resume === 'auto' ? findCheckpoint(runDir) : resume;
   if (resume === 'auto' && !resumeDir) say(`no checkpoint in ${runDir}/checkpoints yet: starting from the beginning`);
   const resumed = resumeDir ? loadCheckpoint(resumeDir) : undefined;
+  const planned = config.adapters ? plannedAdapters(config.adapters, specs) : undefined;
+  if (resumed && !resumed.adapter !== !planned) {
+    throw new Error(`${resumeDir}: ${resumed.adapter ? 'an adapter checkpoint, but the config has no adapters' : 'a full checkpoint, but the config trains adapters'}: resume with the config it was trained with`);
+  }
   let weights: StateDict;
   if (resumed) {
-    weights = loadStateDict(specs, resumed.model, { source: join(resumeDir!, 'model.safetensors') }).params;
+    const sd = resumed.adapter ? adaptedStateDict(resumed.adapter, resumed.model, modelConfig, resumeDir!) : resumed.model;
+    weights = loadStateDict([...specs, ...(planned?.specs ?? [])], sd, { source: join(resumeDir!, resumed.adapter ? ADAPTER_FILE : 'model.safetensors') }).params;
     say(`resuming from ${resumeDir} at step ${resumed.state.step}`);
-  } else if (config.model.checkpoint) {
-    weights = loadStateDict(specs, readStateDict(config.model.checkpoint), { source: config.model.checkpoint }).params;
   } else {
-    weights = initParams(specs, config.seed);
+    if (config.model.checkpoint) {
+      weights = loadStateDict(specs, readStateDict(config.model.checkpoint), { source: config.model.checkpoint }).params;
+    } else {
+      weights = initParams(specs, config.seed);
+    }
+    if (planned) for (const [k, t] of initParams(planned.specs, config.seed)) weights.set(k, t);
   }
   // the prompt encoder's random Fourier matrix is a buffer in PyTorch, never trained
   const isTrainable = (name: string) =>
-    !name.endsWith('.positional_encoding_gaussian_matrix') && config.model.trainable.some((p) => name === p || name.startsWith(`${p}.`));
+    isAdapterParam(name) ||
+    (!name.endsWith('.positional_encoding_gaussian_matrix') && config.model.trainable.some((p) => name === p || name.startsWith(`${p}.`)));
   const params = toTfParams(weights, { trainable: isTrainable });
   const trainable = new Map([...params].filter(([, v]) => v.trainable));
   if (trainable.size === 0) throw new Error(`model.trainable (${config.model.trainable.join(', ')}) matches no parameter`);
+  const trainedWhat = [...(planned ? [`${planned.settings.kind} rank ${planned.settings.rank} on ${planned.layers.length} layers`] : []), ...config.model.trainable];
   say(
     `model: ${paramCount(specs).toLocaleString('en')} parameters, ${paramCount([...trainable.values()]).toLocaleString('en')} trained ` +
-      `(${config.model.trainable.join(', ')}), image size ${modelConfig.image_size}`,
+      `(${trainedWhat.join(', ')}), image size ${modelConfig.image_size}`,
   );
   const optimizer = new AdamW(
     trainable,
@@ -75,7 +89,15 @@ export function setupModel(config: TrainConfig, runDir: string, resume: string |
   );
   if (resumed) optimizer.loadState(resumed.optimizer);
   const keyOfVar = new Map([...trainable].map(([k, v]) => [v.name, k]));
-  return { modelConfig, model, ops: new TfOps(params), params, trainable, keyOfVar, optimizer, resumed };
+  let adapter: ModelSetup['adapter'];
+  let adapters: Adapters<tf.Tensor> | undefined;
+  if (planned) {
+    const base = resumed?.adapter?.base ?? baseWeightsOf(config);
+    const meta: AdapterMeta = { format: 'medtune-adapter', version: 1, adapters: planned.settings, layers: planned.layers, base, model: config.model };
+    adapter = { meta, dropout: planned.settings.dropout > 0 ? new AdapterDropout(planned.settings.dropout, config.seed) : undefined };
+    adapters = new Adapters(planned.settings, new Set(planned.layers), adapter.dropout?.apply);
+  }
+  return { modelConfig, model, ops: new TfOps(params, undefined, adapters), params, trainable, keyOfVar, optimizer, resumed, adapter };
 }
 
 export interface DataSetup {

@@ -32,11 +32,13 @@ export async function trainStep(run: ModelSetup, loader: TrainLoader, t: TrainCo
     const batch = await loader.next();
     const x = batchTensors(batch);
     let terms: Record<string, tf.Scalar> = {};
+    run.adapter?.dropout?.begin(step, micro);
     const { value, grads } = tf.variableGrads(() => {
       const objective = trainingObjective(model.predictFromBoxes(ops, x.images, x.boxes), x.masks, t);
       terms = Object.fromEntries(Object.entries(objective.terms).map(([k, v]) => [k, tf.keep(v)]));
       return objective.loss;
     }, [...trainable.values()]);
+    run.adapter?.dropout?.end();
     const names = Object.keys(terms);
     const [lv, ...tv] = await Promise.all([value, ...Object.values(terms)].map(async (s) => (await s.data())[0]));
     tf.dispose([value, ...Object.values(terms), x.images, x.boxes, x.masks]);
