@@ -33,6 +33,7 @@ const args = await yargs(hideBin(process.argv))
   .option('only', { type: 'string', default: 'model,train,steps,onnx,data', describe: 'sections to run: model,train,steps,onnx,data,webgpu' })
   .option('train-steps', { type: 'number', default: 3, describe: 'timed optimizer steps per training benchmark' })
   .option('step-child', { type: 'string', hidden: true, describe: 'internal: one training-step figure (SIZExBATCH) in this process' })
+  .option('set', { type: 'string', array: true, default: [] as string[], describe: "config overrides of the training-step figures, e.g. 'adapters={kind: lora, targets: [\"*.attn.qkv\"]}'" })
   .option('batch', { type: 'number', default: 8, describe: 'batch of the webgpu section (the demo trains at 8)' })
   .option('webgpu-model', { type: 'string', default: 'demo', describe: "webgpu section's model: demo or a preset (sam2.1-tiny)" })
   .option('webgpu-size', { type: 'number', describe: "webgpu section's input size (default: the model's)" })
@@ -218,7 +219,7 @@ async function stepFigure(spec: string): Promise<never> {
   let counted: ReturnType<typeof counter.snapshot> | undefined;
   const imgPerS = await benchTraining(
     'configs/ct-lesion-small.yaml',
-    [`backend=${args.backend}`, 'model.config=null', `model.image_size=${size}`, `train.batch_size=${batch}`],
+    [`backend=${args.backend}`, 'model.config=null', `model.image_size=${size}`, `train.batch_size=${batch}`, ...args.set],
     Math.max(args['train-steps'], 1),
     // step 2 (the first timed one) is counted
     (step) => (step === 1 ? counter.reset() : step === 2 ? (counted = counter.snapshot()) : undefined),
@@ -239,7 +240,7 @@ async function stepFigure(spec: string): Promise<never> {
 }
 
 function runStepFigure(backend: string, size: number, batch: number): StepFigure | string {
-  const r = spawnSync(process.execPath, [...process.execArgv, process.argv[1], '--backend', backend, '--step-child', `${size}x${batch}`, '--train-steps', String(args['train-steps'])], {
+  const r = spawnSync(process.execPath, [...process.execArgv, process.argv[1], '--backend', backend, '--step-child', `${size}x${batch}`, '--train-steps', String(args['train-steps']), ...args.set.flatMap((o) => ['--set', o])], {
     encoding: 'utf8',
     maxBuffer: 16 << 20,
   });
