@@ -16,9 +16,9 @@ import { resolveModelChoice } from '../src/model/config.js';
 import { SAM2Base } from '../src/model/sam2.js';
 import { TfOps } from '../src/model/tf-ops.js';
 import { initParams } from '../src/model/weights.js';
-import { buildGraph } from '../src/onnx/export.js';
+import { buildGraph, exportGraphs } from '../src/onnx/export.js';
 import { GRAPH_FILES } from '../src/onnx/graphs.js';
-import { relativeError } from '../src/onnx/parity.js';
+import { relativeError, runParity } from '../src/onnx/parity.js';
 import { ADAPTER_FILE, ADAPTER_META_FILE, plannedAdapters, readAdaptedStateDict } from '../src/train/adapters.js';
 import { findCheckpoint } from '../src/train/checkpoint.js';
 import { ConfigError, parseConfig } from '../src/train/config.js';
@@ -115,8 +115,24 @@ describe('adapter forward', () => {
   });
 });
 
+describe('bottleneck export', () => {
+  it('adds the adapters as nodes of the same graphs, matching the TypeScript model in onnxruntime', async () => {
+    const t = table('bottleneck', ['*.attn.proj', 'sam_mask_decoder.transformer.layers.*.mlp.layers.1']);
+    const params = merge(base, adapterParams(t, true));
+    const out = join(tmpRunDir('bottleneck-export'), 'onnx');
+    exportGraphs(modelConfig, params, out, { adapters: t });
+    const report = await runParity(modelConfig, params, out, { adapters: t });
+    expect(report.ok).toBe(true);
+    const { onnx } = await import('../src/onnx/graph-builder.js');
+    const nodes = (key: 'imageEncoder' | 'maskDecoder') => onnx.ModelProto.decode(readFileSync(join(out, GRAPH_FILES[key]))).graph!.node!.length;
+    // each adapter: two products (MatMul + Add each), GELU, the residual Add
+    expect(nodes('imageEncoder')).toBeGreaterThan(buildGraph(modelConfig, base, 'imageEncoder').nodes + 12 * 3);
+    expect(nodes('maskDecoder')).toBeGreaterThan(buildGraph(modelConfig, base, 'maskDecoder').nodes + 2 * 3);
+  });
+});
+
 describe('frozen base weights', () => {
-  it('skip the base weight gradients; the adapters\' gradients equal those with a trainable base', () => {
+  it('skip the base weight gradients; the adapters\' gradients equal those with a trainable base', async () => {
     const t = table('lora', TARGETS);
     const weights = merge(base, adapterParams(t, true));
     const grads = (baseTrains: boolean) => {
@@ -131,8 +147,19 @@ describe('frozen base weights', () => {
       tf.dispose([value, ...Object.values(g), ...vars.values()]);
       return byKey;
     };
-    const frozen = grads(false);
-    const full = grads(true);
+    /** the gradients, and the matrix products the step ran */
+    const profiled = async (baseTrains: boolean) => {
+      let out = new Map<string, Float32Array>();
+      const info = await tf.profile(() => {
+        out = grads(baseTrains);
+        return [];
+      });
+      return { grads: out, products: info.kernels.filter((k) => /MatMul/.test(k.name)).length };
+    };
+    const { grads: frozen, products: frozenProducts } = await profiled(false);
+    const { grads: full, products: fullProducts } = await profiled(true);
+    console.log(`matrix products per step: ${frozenProducts} with the base frozen, ${fullProducts} with it trainable`);
+    expect(frozenProducts).toBeLessThan(fullProducts);
     expect([...frozen.keys()].every(isAdapterParam)).toBe(true);
     expect(frozen.size).toBe(adapterParamSpecs(t, specs).length);
     let worst = 0;

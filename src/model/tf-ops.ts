@@ -64,15 +64,16 @@ const linear2dBias = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>)
 
 /**
  * x (M, in) @ W^T (+ b) for a frozen W and b: only dX = dY @ W is computed (the customGrad
- * products above compute every input's gradient, the frozen weight's too). The weight is
- * closed over, not an input; tf.variableGrads keeps the forward's tensors until backprop ends.
+ * products above compute every input's gradient, the frozen weight's too). W is saved for the
+ * backward pass, not an input, so it gets no gradient.
  */
 function frozenLinear2d(x: tf.Tensor, w: tf.Tensor, bias?: tf.Tensor): tf.Tensor {
   return tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
-    const input = args[0] as tf.Tensor;
+    const [input, save] = args as [tf.Tensor, tf.GradSaveFunc];
+    save([w]);
     return {
       value: tf.tidy(() => tf.fused.matMul({ a: input as tf.Tensor2D, b: tf.transpose(w) as tf.Tensor2D, bias })),
-      gradFunc: (dy: tf.Tensor) => [tf.matMul(dy, w)],
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => [tf.matMul(dy, saved[0])],
     };
   })(x);
 }
