@@ -9,7 +9,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { readStateDict } from '../io/checkpoint-file.js';
+import { ADAPTER_FILE, ADAPTER_META_FILE, readStateDict } from '../io/checkpoint-file.js';
 import { readSafetensors, type StateDict } from '../io/safetensors.js';
 import { adapterParamSpecs, linearLayers, matchTargets, type AdapterSettings } from '../model/adapters.js';
 import { resolveModelChoice, type Sam2Config } from '../model/config.js';
@@ -18,8 +18,7 @@ import type { ParamSpec } from '../model/ops.js';
 import { initParams, loadStateDict } from '../model/weights.js';
 import type { TrainConfig } from './config.js';
 
-export const ADAPTER_FILE = 'adapter.safetensors';
-export const ADAPTER_META_FILE = 'adapter.json';
+export { ADAPTER_FILE, ADAPTER_META_FILE };
 
 /** Where the frozen base weights of an adapter run come from. */
 export type BaseWeights = { checkpoint: string; sha256: string } | { seed: number };
