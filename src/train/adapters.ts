@@ -11,7 +11,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ADAPTER_FILE, ADAPTER_META_FILE, readStateDict } from '../io/checkpoint-file.js';
 import { readSafetensors, type StateDict } from '../io/safetensors.js';
-import { adapterParamSpecs, linearLayers, matchTargets, type AdapterSettings } from '../model/adapters.js';
+import { adapterParamSpecs, Adapters, linearLayers, matchTargets, type AdapterSettings, type AdapterTable } from '../model/adapters.js';
 import { resolveModelChoice, type Sam2Config } from '../model/config.js';
 import { SAM2Base } from '../model/sam2.js';
 import type { ParamSpec } from '../model/ops.js';
@@ -86,11 +86,29 @@ export function readAdaptedStateDict(dir: string): { params: StateDict; meta: Ad
   return { params: adaptedStateDict(meta, readSafetensors(join(dir, ADAPTER_FILE)), config, dir), meta, config };
 }
 
+export interface PlannedAdapters extends AdapterTable {
+  specs: ParamSpec[];
+}
+
 /** The adapters a config asks for on `specs`' model: settings, layers and parameter specs. */
-export function plannedAdapters(a: NonNullable<TrainConfig['adapters']>, specs: ParamSpec[]): { settings: AdapterSettings; layers: string[]; specs: ParamSpec[] } {
+export function plannedAdapters(a: NonNullable<TrainConfig['adapters']>, specs: ParamSpec[]): PlannedAdapters {
   const settings = adapterSettings(a);
   const { layers } = matchTargets(linearLayers(specs).keys(), settings.targets);
   return { settings, layers, specs: adapterParamSpecs({ settings, layers }, specs) };
+}
+
+export interface AdapterRun {
+  adapters: Adapters<tf.Tensor>;
+  meta: AdapterMeta;
+  dropout?: AdapterDropout;
+}
+
+/** A training run's adapters on TfOps; its checkpoints reference the base weights it started from. */
+export function adapterRun(planned: PlannedAdapters, config: TrainConfig, resumed?: AdapterMeta): AdapterRun {
+  const { settings, layers } = planned;
+  const meta: AdapterMeta = { format: 'medtune-adapter', version: 1, adapters: settings, layers, base: resumed?.base ?? baseWeightsOf(config), model: config.model };
+  const dropout = settings.dropout > 0 ? new AdapterDropout(settings.dropout, config.seed) : undefined;
+  return { adapters: new Adapters(settings, new Set(layers), dropout?.apply), meta, dropout };
 }
 
 /**

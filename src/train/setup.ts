@@ -13,9 +13,9 @@ import type { Batch } from '../data/types.js';
 import { readStateDict } from '../io/checkpoint-file.js';
 import { resolveModelChoice, type Sam2Config } from '../model/config.js';
 import { SAM2Base } from '../model/sam2.js';
-import { Adapters, isAdapterParam } from '../model/adapters.js';
+import { isAdapterParam } from '../model/adapters.js';
 import { TfOps } from '../model/tf-ops.js';
-import { ADAPTER_FILE, AdapterDropout, adaptedStateDict, baseWeightsOf, plannedAdapters, type AdapterMeta } from './adapters.js';
+import { ADAPTER_FILE, adaptedStateDict, adapterRun, plannedAdapters, type AdapterRun } from './adapters.js';
 import { initParams, loadStateDict, paramCount, toTfParams, type StateDict } from '../model/weights.js';
 import { findCheckpoint, loadCheckpoint, type Checkpoint } from './checkpoint.js';
 import type { TrainConfig } from './config.js';
@@ -33,8 +33,8 @@ export interface ModelSetup {
   optimizer: AdamW;
   /** the checkpoint the run continues from */
   resumed?: Checkpoint;
-  /** an adapter run: what its checkpoints describe, and the training dropout's seeding */
-  adapter?: { meta: AdapterMeta; dropout?: AdapterDropout };
+  /** an adapter run: its adapters, what its checkpoints describe, the training dropout's seeding */
+  adapter?: AdapterRun;
 }
 
 /** The model, its weights and optimizer, resumed from `resume` ('auto': the run's latest checkpoint) when given. */
@@ -55,14 +55,12 @@ export function setupModel(config: TrainConfig, runDir: string, resume: string |
     const sd = resumed.adapter ? adaptedStateDict(resumed.adapter, resumed.model, modelConfig, resumeDir!) : resumed.model;
     weights = loadStateDict([...specs, ...(planned?.specs ?? [])], sd, { source: join(resumeDir!, resumed.adapter ? ADAPTER_FILE : 'model.safetensors') }).params;
     say(`resuming from ${resumeDir} at step ${resumed.state.step}`);
+  } else if (config.model.checkpoint) {
+    weights = loadStateDict(specs, readStateDict(config.model.checkpoint), { source: config.model.checkpoint }).params;
   } else {
-    if (config.model.checkpoint) {
-      weights = loadStateDict(specs, readStateDict(config.model.checkpoint), { source: config.model.checkpoint }).params;
-    } else {
-      weights = initParams(specs, config.seed);
-    }
-    if (planned) for (const [k, t] of initParams(planned.specs, config.seed)) weights.set(k, t);
+    weights = initParams(specs, config.seed);
   }
+  if (planned && !resumed) for (const [k, t] of initParams(planned.specs, config.seed)) weights.set(k, t);
   // the prompt encoder's random Fourier matrix is a buffer in PyTorch, never trained
   const isTrainable = (name: string) =>
     isAdapterParam(name) ||
@@ -89,15 +87,8 @@ export function setupModel(config: TrainConfig, runDir: string, resume: string |
   );
   if (resumed) optimizer.loadState(resumed.optimizer);
   const keyOfVar = new Map([...trainable].map(([k, v]) => [v.name, k]));
-  let adapter: ModelSetup['adapter'];
-  let adapters: Adapters<tf.Tensor> | undefined;
-  if (planned) {
-    const base = resumed?.adapter?.base ?? baseWeightsOf(config);
-    const meta: AdapterMeta = { format: 'medtune-adapter', version: 1, adapters: planned.settings, layers: planned.layers, base, model: config.model };
-    adapter = { meta, dropout: planned.settings.dropout > 0 ? new AdapterDropout(planned.settings.dropout, config.seed) : undefined };
-    adapters = new Adapters(planned.settings, new Set(planned.layers), adapter.dropout?.apply);
-  }
-  return { modelConfig, model, ops: new TfOps(params, undefined, adapters), params, trainable, keyOfVar, optimizer, resumed, adapter };
+  const adapter = planned && adapterRun(planned, config, resumed?.adapter);
+  return { modelConfig, model, ops: new TfOps(params, undefined, adapter?.adapters), params, trainable, keyOfVar, optimizer, resumed, adapter };
 }
 
 export interface DataSetup {
