@@ -205,9 +205,11 @@ describe('an adapter run', () => {
   let wholeDir = '';
 
   it('trains only the adapters, saves them apart and resumes bit for bit', async () => {
-    const whole = await train({ config: config(), runDir: tmpRunDir('lora-whole'), quiet: true, handleSignals: false });
+    const tensorCounts: number[] = [];
+    const whole = await train({ config: config(), runDir: tmpRunDir('lora-whole'), quiet: true, handleSignals: false, onStep: (s) => tensorCounts.push(s.numTensors) });
     wholeDir = whole.runDir;
     expect(whole.step).toBe(2);
+    expect(new Set(tensorCounts).size).toBe(1); // no tensor leaks
     const runDir = tmpRunDir('lora-split');
     const first = await train({ config: config(), runDir, quiet: true, handleSignals: false, stopAfterStep: 1 });
     expect(first.step).toBe(1);
