@@ -21,7 +21,7 @@ import { GRAPH_FILES } from '../src/onnx/graphs.js';
 import { relativeError, runParity } from '../src/onnx/parity.js';
 import { ADAPTER_FILE, ADAPTER_META_FILE, plannedAdapters, readAdaptedStateDict } from '../src/train/adapters.js';
 import { findCheckpoint } from '../src/train/checkpoint.js';
-import { ConfigError, parseConfig } from '../src/train/config.js';
+import { ConfigError, loadConfig, parseConfig } from '../src/train/config.js';
 import { train } from '../src/train/train.js';
 import { SMALL_MODEL_CONFIG, tinyConfig, tinyData, tmpRunDir } from './helpers/train-fixture.js';
 
@@ -74,17 +74,14 @@ describe('adapter targets', () => {
     expect(matchTargets(layers.keys(), ['*.attn.qkv', 'nothing.here']).unmatched).toEqual(['nothing.here']);
   });
 
-  it('a rank-8 LoRA on sam2.1-tiny Hiera qkv/proj + decoder attention is under 4 MB', () => {
-    const full = new SAM2Base(resolveModelChoice({ preset: 'sam2.1-tiny', image_size: 1024 })).paramSpecs();
-    const config = parseConfig({
-      data: { train: 'x' },
-      train: { max_steps: 1, lr: 1e-4 },
-      adapters: { kind: 'lora', rank: 8, targets: ['image_encoder.trunk.blocks.*.attn.qkv', 'image_encoder.trunk.blocks.*.attn.proj', 'sam_mask_decoder.transformer.*_attn*'] },
-    });
+  it('configs/sam2.1-tiny-1024-lora.yaml: rank-8 LoRA on Hiera qkv/proj + decoder attention, under 4 MB', () => {
+    const config = loadConfig(join(import.meta.dirname, '..', 'configs', 'sam2.1-tiny-1024-lora.yaml'));
+    expect([config.backend, config.model.image_size, config.train.batch_size, config.model.trainable]).toEqual(['auto', 1024, 1, []]);
+    const full = new SAM2Base(resolveModelChoice(config.model)).paramSpecs();
     const planned = plannedAdapters(config.adapters!, full);
     const values = planned.specs.reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0);
     console.log(`rank-8 LoRA on ${planned.layers.length} layers of sam2.1-tiny: ${values.toLocaleString('en')} values, ${(values * 4 / 1e6).toFixed(2)} MB`);
-    expect(planned.layers).toHaveLength(24 + 28);
+    expect(planned.layers).toHaveLength(2 * 12 + 28); // Hiera qkv + proj; 2 decoder layers x 3 attentions x 4 projections + the final attention's 4
     expect(values * 4).toBeLessThan(4e6);
   });
 });
