@@ -37,6 +37,7 @@ const args = await yargs(hideBin(process.argv))
   .option('only', { type: 'string', default: 'model,train,steps,cache,onnx,data', describe: 'sections to run: model,train,steps,cache,onnx,data,webgpu' })
   .option('train-steps', { type: 'number', default: 3, describe: 'timed optimizer steps per training benchmark' })
   .option('step-child', { type: 'string', hidden: true, describe: 'internal: one training-step figure (SIZExBATCH) in this process' })
+  .option('set', { type: 'string', array: true, default: [] as string[], describe: "config overrides of the training-step figures, e.g. 'adapters={kind: lora, targets: [\"*.attn.qkv\"]}'" })
   .option('batch', { type: 'number', default: 8, describe: 'batch of the webgpu section (the demo trains at 8)' })
   .option('webgpu-model', { type: 'string', default: 'demo', describe: "webgpu section's model: demo or a preset (sam2.1-tiny)" })
   .option('webgpu-size', { type: 'number', describe: "webgpu section's input size (default: the model's)" })
@@ -176,6 +177,8 @@ interface StepFigure {
   size: number;
   batch: number;
   imgPerS: number;
+  /** CPU seconds (all threads) per timed step: a figure that holds up better than img/s on a shared machine */
+  cpuSPerStep: number;
   peakRssMiB: number;
   /** tfjs kernels run per step (forward, backward, optimizer) */
   kernels: number;
@@ -231,12 +234,21 @@ async function stepFigure(spec: string): Promise<never> {
   await selectBackend(args.backend, { quiet: true });
   const counter = countDispatches();
   let counted: ReturnType<typeof counter.snapshot> | undefined;
+  let cpuStart: NodeJS.CpuUsage | undefined;
+  let cpuUsed: NodeJS.CpuUsage | undefined;
+  const steps = Math.max(args['train-steps'], 1);
   const imgPerS = await benchTraining(
     'configs/ct-lesion-small.yaml',
-    [`backend=${args.backend}`, 'model.config=null', `model.image_size=${size}`, `train.batch_size=${batch}`],
-    Math.max(args['train-steps'], 1),
-    // step 2 (the first timed one) is counted
-    (step) => (step === 1 ? counter.reset() : step === 2 ? (counted = counter.snapshot()) : undefined),
+    [`backend=${args.backend}`, 'model.config=null', `model.image_size=${size}`, `train.batch_size=${batch}`, ...args.set],
+    steps,
+    // step 2 (the first timed one) is counted; CPU time from the end of step 1 to the last
+    (step) => {
+      if (step === 1) {
+        counter.reset();
+        cpuStart = process.cpuUsage();
+      } else if (step === 2) counted = counter.snapshot();
+      cpuUsed = process.cpuUsage(cpuStart);
+    },
   );
   const ops = counted!.tfOps ?? counted!.kernels;
   const top = [...ops.entries()].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, n]) => `${k} ${n}`).join(', ');
@@ -244,6 +256,7 @@ async function stepFigure(spec: string): Promise<never> {
     size,
     batch,
     imgPerS,
+    cpuSPerStep: (cpuUsed!.user + cpuUsed!.system) / 1e6 / steps,
     peakRssMiB: process.resourceUsage().maxRSS / 1024,
     kernels: sumOf(counted!.kernels),
     tfOps: counted!.tfOps && sumOf(counted!.tfOps),
@@ -254,7 +267,7 @@ async function stepFigure(spec: string): Promise<never> {
 }
 
 function runStepFigure(backend: string, size: number, batch: number): StepFigure | string {
-  const r = spawnSync(process.execPath, [...process.execArgv, process.argv[1], '--backend', backend, '--step-child', `${size}x${batch}`, '--train-steps', String(args['train-steps'])], {
+  const r = spawnSync(process.execPath, [...process.execArgv, process.argv[1], '--backend', backend, '--step-child', `${size}x${batch}`, '--train-steps', String(args['train-steps']), ...args.set.flatMap((o) => ['--set', o])], {
     encoding: 'utf8',
     maxBuffer: 16 << 20,
   });
@@ -270,7 +283,7 @@ async function benchTrainingSteps(backend: string): Promise<void> {
     console.log(
       typeof f === 'string'
         ? `training step, sam2.1-tiny @${size} batch ${batch}: ${f}`
-        : `training step, sam2.1-tiny @${size} batch ${batch}: ${f.imgPerS.toFixed(3)} img/s (${((1000 * batch) / f.imgPerS).toFixed(0)} ms/step), ` +
+        : `training step, sam2.1-tiny @${size} batch ${batch}: ${f.imgPerS.toFixed(3)} img/s (${((1000 * batch) / f.imgPerS).toFixed(0)} ms/step, ${f.cpuSPerStep.toFixed(1)} CPU s/step), ` +
             `peak RSS ${gib(f.peakRssMiB)} GiB, ${f.kernels} tfjs kernels${f.tfOps !== undefined ? ` / ${f.tfOps} TensorFlow ops` : ''} per step; most: ${f.top}`,
     );
   console.log(`training steps in fresh processes (${args['train-steps']} timed after 1 warm-up; load average ${loadavg().map((l) => l.toFixed(1)).join(' ')} on ${availableParallelism()} cores):`);

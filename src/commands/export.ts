@@ -3,12 +3,15 @@
  *  --out <dir> [--image-size N]`: write the ONNX graphs (src/onnx/graphs.ts), then prove them:
  * every graph runs in onnxruntime-node on fixed inputs and is compared with the TypeScript model
  * on the same weights; errors are printed and written to `<out>/parity.json`, and the command
- * fails when one exceeds the tolerance (1e-4 of the tensor's scale).
+ * fails when one exceeds the tolerance (1e-4 of the tensor's scale). An adapter run's checkpoint
+ * exports with LoRA merged into the base weights (the plain graphs) or bottleneck adapters as
+ * nodes, and is compared with the TypeScript model running its adapters unmerged.
  */
 import { existsSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { CommandModule } from 'yargs';
 import type { BackendName } from '../backend.js';
+import { adapterParamSpecs, mergeLora, type AdapterTable } from '../model/adapters.js';
 import { MODEL_PRESETS, resolveModelChoice, type ModelChoice, type Sam2Config } from '../model/config.js';
 
 interface ExportArgs {
@@ -61,28 +64,42 @@ export async function resolveExportConfig(checkpoint: string, model: string | un
 
 export async function runExport(args: ExportArgs): Promise<void> {
   const log = (line: string) => process.stdout.write(`${line}\n`);
+  const { isAdapterCheckpoint } = await import('../train/adapters.js');
+  const adapted = existsSync(args.checkpoint) && statSync(args.checkpoint).isDirectory() && isAdapterCheckpoint(args.checkpoint);
   const { config, source } = await resolveExportConfig(args.checkpoint, args.model, args['image-size']);
   const { readStateDict } = await import('../io/checkpoint-file.js');
   const { SAM2Base } = await import('../model/sam2.js');
   const { loadStateDict } = await import('../model/weights.js');
   const specs = new SAM2Base(config).paramSpecs();
   let params;
+  let adapters: AdapterTable | undefined;
   try {
-    params = loadStateDict(specs, readStateDict(args.checkpoint), { source: args.checkpoint }).params;
+    if (adapted) {
+      const { readAdaptedStateDict } = await import('../train/adapters.js');
+      const read = readAdaptedStateDict(args.checkpoint);
+      adapters = { settings: read.meta.adapters, layers: read.meta.layers };
+      params = loadStateDict([...specs, ...adapterParamSpecs(adapters, specs)], read.params, { source: args.checkpoint }).params;
+    } else {
+      params = loadStateDict(specs, readStateDict(args.checkpoint), { source: args.checkpoint }).params;
+    }
   } catch (err) {
     throw new Error(`${(err as Error).message}\n  the model config came from ${source}; pass --model with the config this checkpoint was trained with`);
   }
+  // LoRA merges into the weights (the graphs are the plain model's); bottleneck adapters export as nodes
+  const merged = adapters?.settings.kind === 'lora' ? mergeLora(params, adapters.settings) : params;
+  const graphAdapters = adapters?.settings.kind === 'lora' ? undefined : adapters;
+  if (adapters) log(`adapters: ${adapters.settings.kind} rank ${adapters.settings.rank} on ${adapters.layers.length} layers${graphAdapters ? ', exported as nodes' : ', merged into the weights'}`);
   log(`model: ${source}, image size ${config.image_size}`);
   log(`exporting to ${args.out}`);
   const { exportGraphs } = await import('../onnx/export.js');
-  exportGraphs(config, params, args.out, { log });
+  exportGraphs(config, merged, args.out, { log, adapters: graphAdapters });
   if (!args.parity) return;
 
   const { selectBackend } = await import('../backend.js');
   await selectBackend(args.backend as BackendName, { quiet: true });
   const { runParity, formatParity } = await import('../onnx/parity.js');
-  log(`parity (onnxruntime-node vs the TypeScript model, tolerance ${args.tolerance} of each tensor's scale):`);
-  const report = await runParity(config, params, args.out, { tolerance: args.tolerance, threads: args.threads, log });
+  log(`parity (onnxruntime-node vs the TypeScript model${adapters ? ' with its adapters unmerged' : ''}, tolerance ${args.tolerance} of each tensor's scale):`);
+  const report = await runParity(config, params, args.out, { tolerance: args.tolerance, threads: args.threads, log, adapters });
   log(formatParity(report.entries));
   const file = join(args.out, 'parity.json');
   writeFileSync(file, `${JSON.stringify(report, null, 1)}\n`);

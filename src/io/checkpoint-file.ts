@@ -13,6 +13,9 @@ export const WRAPPER_PREFIX = 'sam2_model.';
 
 /** The file name of the weights inside a run checkpoint directory. */
 export const MODEL_FILE = 'model.safetensors';
+/** An adapter run's checkpoint holds these instead (src/train/adapters.ts): what trained, and its description. */
+export const ADAPTER_FILE = 'adapter.safetensors';
+export const ADAPTER_META_FILE = 'adapter.json';
 
 type Format = 'torch' | 'safetensors';
 
@@ -27,6 +30,9 @@ export function resolveCheckpoint(path: string): { file: string; format: Format 
   }
   if (st.isDirectory()) {
     file = join(path, MODEL_FILE);
+    if (existsSync(join(path, ADAPTER_META_FILE))) {
+      throw new Error(`${path}: an adapter run's checkpoint (${ADAPTER_FILE} over base weights it references): \`medtune export --checkpoint ${path}\` turns it into a model`);
+    }
     if (!existsSync(file)) throw new Error(`${path}: directory holds no ${MODEL_FILE} (expected a run checkpoint directory)`);
   }
   const head = Buffer.alloc(4);

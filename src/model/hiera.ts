@@ -3,7 +3,7 @@
  * helpers of `backbones/utils.py`), channels-last throughout.
  */
 import type { HieraConfig } from './config.js';
-import { conv2d, conv2dSpecs, key, layerNorm, layerNormSpecs, linear, linearSpecs, type Module, type Ops, type ParamSpec } from './ops.js';
+import { conv2d, conv2dSpecs, key, layerNorm, layerNormSpecs, linear, linearParts, linearSpecs, type Module, type Ops, type ParamSpec } from './ops.js';
 import { MLP } from './sam2-utils.js';
 
 /** Hiera's LayerNorm epsilon (official `partial(nn.LayerNorm, eps=1e-6)`). */
@@ -204,13 +204,8 @@ export class Hiera implements Module {
   private attention<T>(ops: Ops<T>, x: T, i: number): T {
     const b = this.blocks[i];
     const [, h, w] = ops.shape(x);
-    // q, k, v as three products with row blocks of the fused qkv weight: slicing the weight
-    // is contiguous and cheap, slicing the (B', H, W, 3 * dimOut) activation is not
-    const weight = ops.param(this.blockKey(i, 'attn.qkv.weight'));
-    const bias = ops.param(this.blockKey(i, 'attn.qkv.bias'));
-    const part = (j: number) =>
-      ops.linear(x, ops.slice(weight, [j * b.dimOut, 0], [b.dimOut, b.dim]), ops.slice(bias, [j * b.dimOut], [b.dimOut]));
-    let q = part(0);
+    const [qFull, k, v] = linearParts(ops, x, this.blockKey(i, 'attn.qkv'), 3);
+    let q = qFull;
     let [qh, qw] = [h, w];
     if (b.qStride) {
       q = ops.maxPool2d(q, b.qStride);
@@ -218,8 +213,8 @@ export class Hiera implements Module {
     }
     const out = ops.attention(
       splitHeads(ops, ops.reshape(q, [-1, qh * qw, b.dimOut]), qh * qw, b.numHeads),
-      splitHeads(ops, ops.reshape(part(1), [-1, h * w, b.dimOut]), h * w, b.numHeads),
-      splitHeads(ops, ops.reshape(part(2), [-1, h * w, b.dimOut]), h * w, b.numHeads),
+      splitHeads(ops, ops.reshape(k, [-1, h * w, b.dimOut]), h * w, b.numHeads),
+      splitHeads(ops, ops.reshape(v, [-1, h * w, b.dimOut]), h * w, b.numHeads),
     ); // (B', heads, H'W', hd)
     const merged = b.numHeads === 1 ? out : ops.transpose(out, [0, 2, 1, 3]);
     return linear(ops, ops.reshape(merged, [-1, qh, qw, b.dimOut]), this.blockKey(i, 'attn.proj'));

@@ -12,6 +12,7 @@ import {
   key,
   layerNorm,
   layerNormSpecs,
+  linear,
   linearSpecs,
   type Module,
   type Ops,
@@ -264,7 +265,7 @@ export class MaskDecoder implements Module {
       const objToken = ops.reshape(ops.slice(hs, [0, 0, 0], [-1, 1, d]), [-1, d]);
       objectScoreLogits = this.predObjScoreHead
         ? this.predObjScoreHead.forward(ops, objToken)
-        : ops.linear(objToken, ops.param(this.k('pred_obj_score_head.weight')), ops.param(this.k('pred_obj_score_head.bias')));
+        : linear(ops, objToken, this.k('pred_obj_score_head'));
     } else {
       // assume the object is present, sigmoid(10) ~ 1
       objectScoreLogits = ops.constant(new Float32Array(b).fill(10), [b, 1]);

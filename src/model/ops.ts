@@ -79,6 +79,21 @@ export interface Ops<T> {
   resizeNearest(x: T, size: [number, number]): T;
   /** bilinear resize, align_corners=False, half-pixel centres, no antialias */
   resizeBilinear(x: T, size: [number, number]): T;
+
+  /** Parameter-efficient adapters (LoRA, bottleneck) that the `linear` helpers apply by layer prefix. */
+  readonly adapters?: LinearAdapters<T>;
+}
+
+/** Rows [start, start + count) of a linear layer's output: one part of a fused projection. */
+export interface OutputRows {
+  start: number;
+  count: number;
+}
+
+/** Adapters on linear layers (src/model/adapters.ts), written once over `Ops<T>`. */
+export interface LinearAdapters<T> {
+  /** The output `y` of linear layer `prefix` on input `x` (only `rows` of it, when given), adapted. */
+  apply(ops: Ops<T>, prefix: string, x: T, y: T, rows?: OutputRows): T;
 }
 
 /** Parameter initialisers, used to build a model from scratch (the demo, tests). */
@@ -94,6 +109,8 @@ export interface ParamSpec {
   name: string;
   shape: number[];
   init: Init;
+  /** the weight of a Linear layer (the layers adapters can target) */
+  linear?: boolean;
 }
 
 /** A module: owns a prefix in the state dict and lists its parameters. */
@@ -110,7 +127,7 @@ export function key(prefix: string, name: string): string {
 /** PyTorch's default init for Linear and Conv: kaiming-uniform weights, uniform(1/sqrt(fan_in)) bias. */
 export function linearSpecs(prefix: string, inDim: number, outDim: number, bias = true): ParamSpec[] {
   const bound = 1 / Math.sqrt(inDim);
-  const specs: ParamSpec[] = [{ name: key(prefix, 'weight'), shape: [outDim, inDim], init: { kind: 'uniform', bound } }];
+  const specs: ParamSpec[] = [{ name: key(prefix, 'weight'), shape: [outDim, inDim], init: { kind: 'uniform', bound }, linear: true }];
   if (bias) specs.push({ name: key(prefix, 'bias'), shape: [outDim], init: { kind: 'uniform', bound } });
   return specs;
 }
@@ -142,7 +159,24 @@ export function layerNormSpecs(prefix: string, dim: number): ParamSpec[] {
 
 /** Shorthand used inside forwards: `linear(ops, x, 'a.b')` reads `a.b.weight` and `a.b.bias`. */
 export function linear<T>(ops: Ops<T>, x: T, prefix: string, bias = true): T {
-  return ops.linear(x, ops.param(key(prefix, 'weight')), bias ? ops.param(key(prefix, 'bias')) : undefined);
+  const y = ops.linear(x, ops.param(key(prefix, 'weight')), bias ? ops.param(key(prefix, 'bias')) : undefined);
+  return ops.adapters ? ops.adapters.apply(ops, prefix, x, y) : y;
+}
+
+/**
+ * A fused projection (e.g. Hiera's qkv) as `parts` products with row blocks of its weight:
+ * slicing the weight is contiguous and cheap, slicing the (..., parts * out) activation is not.
+ */
+export function linearParts<T>(ops: Ops<T>, x: T, prefix: string, parts: number): T[] {
+  const weight = ops.param(key(prefix, 'weight'));
+  const bias = ops.param(key(prefix, 'bias'));
+  const [out, inDim] = ops.shape(weight);
+  const count = out / parts;
+  return Array.from({ length: parts }, (_, j) => {
+    const rows = { start: j * count, count };
+    const y = ops.linear(x, ops.slice(weight, [rows.start, 0], [count, inDim]), ops.slice(bias, [rows.start], [count]));
+    return ops.adapters ? ops.adapters.apply(ops, prefix, x, y, rows) : y;
+  });
 }
 
 export function layerNorm<T>(ops: Ops<T>, x: T, prefix: string, eps: number): T {

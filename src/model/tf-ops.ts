@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 // tfjs-core's CommonJS build registers no gradients; the union package registers them all.
 import '@tensorflow/tfjs';
-import type { Conv2dOptions, Ops } from './ops.js';
+import type { Conv2dOptions, LinearAdapters, Ops } from './ops.js';
 import { fusedLayerNorm, hasFusedLayerNorm } from './fused-layer-norm.js';
 
 /*
@@ -63,6 +63,22 @@ const linear2dBias = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>)
 }) as (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.Tensor;
 
 /**
+ * x (M, in) @ W^T (+ b) for a frozen W and b: only dX = dY @ W is computed (the customGrad
+ * products above compute every input's gradient, the frozen weight's too). W is saved for the
+ * backward pass, not an input, so it gets no gradient.
+ */
+function frozenLinear2d(x: tf.Tensor, w: tf.Tensor, bias?: tf.Tensor): tf.Tensor {
+  return tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+    const [input, save] = args as [tf.Tensor, tf.GradSaveFunc];
+    save([w]);
+    return {
+      value: tf.tidy(() => tf.fused.matMul({ a: input as tf.Tensor2D, b: tf.transpose(w) as tf.Tensor2D, bias })),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => [tf.matMul(dy, saved[0])],
+    };
+  })(x);
+}
+
+/**
  * tf.matMul for operands of equal rank whose batch axes broadcast. tfjs's matMul gradient does not
  * sum over broadcast batch axes, so they are tiled explicitly (tile's gradient does). The
  * backend's BatchMatMul kernel runs it (on wasm, backends/wasm-batch-matmul.ts).
@@ -82,9 +98,13 @@ const ATTENTION_CHUNK_BYTES = 256 * 1024 * 1024;
 
 /** Runs model code eagerly on TensorFlow.js; parameters come from a name -> tensor map. */
 export class TfOps implements Ops<tf.Tensor> {
+  /** slices of frozen parameters (e.g. Hiera's q, k, v weight blocks): frozen too */
+  private readonly frozenSlices = new WeakSet<tf.Tensor>();
+
   constructor(
     private readonly params: ReadonlyMap<string, tf.Tensor>,
     private readonly attentionChunkBytes = Math.min(ATTENTION_CHUNK_BYTES, Number(tf.env().getFlags().MEDTUNE_MAX_BINDING_BYTES ?? Infinity)),
+    readonly adapters?: LinearAdapters<tf.Tensor>,
   ) {}
 
   param(name: string): tf.Tensor {
@@ -161,12 +181,20 @@ export class TfOps implements Ops<tf.Tensor> {
     }
     return batchMatMul(a, b, transposeA, transposeB);
   }
+  /** A parameter no gradient is taken for: a non-trainable variable (adapter runs' base weights) or a slice of one. */
+  private frozen(t: tf.Tensor): boolean {
+    return (t instanceof tf.Variable && !t.trainable) || this.frozenSlices.has(t);
+  }
+
   linear(x: tf.Tensor, weight: tf.Tensor, bias?: tf.Tensor) {
     return tf.tidy(() => {
       const inDim = x.shape[x.rank - 1];
       const outDim = weight.shape[0];
       const x2 = tf.reshape(x, [-1, inDim]);
-      const y = bias && bias.rank === 1 ? linear2dBias(x2, weight, bias) : bias ? tf.add(linear2d(x2, weight), bias) : linear2d(x2, weight);
+      const frozen = this.frozen(weight) && (!bias || (bias.rank === 1 && this.frozen(bias)));
+      const y = frozen
+        ? frozenLinear2d(x2, weight, bias)
+        : bias && bias.rank === 1 ? linear2dBias(x2, weight, bias) : bias ? tf.add(linear2d(x2, weight), bias) : linear2d(x2, weight);
       return tf.reshape(y, [...x.shape.slice(0, -1), outDim]);
     });
   }
@@ -205,7 +233,9 @@ export class TfOps implements Ops<tf.Tensor> {
     return tf.transpose(x, perm);
   }
   slice(x: tf.Tensor, begin: number[], size: number[]) {
-    return tf.slice(x, begin, size);
+    const y = tf.slice(x, begin, size);
+    if (this.frozen(x)) this.frozenSlices.add(y);
+    return y;
   }
   concat(xs: tf.Tensor[], axis: number) {
     return tf.concat(xs, axis);

@@ -7,12 +7,13 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { StateDict } from '../io/safetensors.js';
 import { IMAGENET_MEAN, IMAGENET_STD, type Sam2Config } from '../model/config.js';
+import { Adapters, type AdapterTable } from '../model/adapters.js';
 import { SAM2Base } from '../model/sam2.js';
 import { OPSET } from './graph-builder.js';
 import { allGraphs, GRAPH_FILES, MANIFEST_FILE, type GraphKey, type Manifest } from './graphs.js';
 
 export { MANIFEST_FILE };
-import { traceGraph } from './onnx-ops.js';
+import { traceGraph, type OnnxValue } from './onnx-ops.js';
 
 export interface ExportedGraph {
   key: GraphKey;
@@ -44,22 +45,23 @@ function metadataFor(manifest: Manifest, key: GraphKey): Record<string, string> 
 }
 
 /** Trace one graph of `config` with `params` into a serialized ONNX model. */
-export function buildGraph(config: Sam2Config, params: StateDict, key: GraphKey): { bytes: Uint8Array; nodes: number } {
+export function buildGraph(config: Sam2Config, params: StateDict, key: GraphKey, adapters?: AdapterTable): { bytes: Uint8Array; nodes: number } {
   const model = new SAM2Base(config);
   const def = allGraphs(model)[key];
-  const ops = traceGraph(def, params);
+  const ops = traceGraph(def, params, adapters && new Adapters<OnnxValue>(adapters.settings, new Set(adapters.layers)));
   return { bytes: ops.graph.toModel(metadataFor(manifestFor(config), key), `medtune ${def.name}`), nodes: ops.graph.nodeCount };
 }
 
 /**
  * Write every graph (or `only` those) and the manifest to `outDir`. `params` must be the
- * model's parameters by official name (see weights.ts loadStateDict).
+ * model's parameters by official name (see weights.ts loadStateDict); `adapters` (bottleneck
+ * ones: LoRA merges into the weights first) become nodes of the layers they adapt.
  */
 export function exportGraphs(
   config: Sam2Config,
   params: StateDict,
   outDir: string,
-  opts: { only?: GraphKey[]; log?: (line: string) => void } = {},
+  opts: { only?: GraphKey[]; log?: (line: string) => void; adapters?: AdapterTable } = {},
 ): ExportedGraph[] {
   mkdirSync(outDir, { recursive: true });
   const manifest = manifestFor(config);
@@ -67,7 +69,7 @@ export function exportGraphs(
   const out: ExportedGraph[] = [];
   for (const key of keys) {
     const t0 = performance.now();
-    const { bytes, nodes } = buildGraph(config, params, key);
+    const { bytes, nodes } = buildGraph(config, params, key, opts.adapters);
     const file = join(outDir, GRAPH_FILES[key]);
     writeFileSync(file, bytes);
     const entry = { key, file, bytes: bytes.byteLength, nodes, ms: performance.now() - t0 };

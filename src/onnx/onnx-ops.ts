@@ -9,7 +9,7 @@
  * other declared symbols stay dynamic without runtime shape arithmetic where the shape allows.
  */
 import type { HostTensor } from '../io/safetensors.js';
-import type { Conv2dOptions, Ops, Scalar } from '../model/ops.js';
+import type { Conv2dOptions, LinearAdapters, Ops, Scalar } from '../model/ops.js';
 import { GraphBuilder, type DeclaredDim, type ElemType } from './graph-builder.js';
 import {
   buildPlan,
@@ -68,6 +68,8 @@ export interface OnnxOpsOptions {
   plan?: ShapePlan;
   /** where a recording trace logs its shape-like integers */
   log?: TraceLog;
+  /** bottleneck adapters, traced as nodes of the layers they adapt */
+  adapters?: LinearAdapters<OnnxValue>;
 }
 
 export class OnnxOps implements Ops<OnnxValue> {
@@ -76,6 +78,7 @@ export class OnnxOps implements Ops<OnnxValue> {
   private readonly symbols: Record<string, number>;
   private readonly plan?: ShapePlan;
   private readonly log?: TraceLog;
+  readonly adapters?: LinearAdapters<OnnxValue>;
   private valueCount = 0;
   private intCount = 0;
   private readonly paramValues = new Map<string, OnnxValue>();
@@ -92,6 +95,7 @@ export class OnnxOps implements Ops<OnnxValue> {
     this.symbols = opts.symbols ?? {};
     this.plan = opts.plan;
     this.log = opts.log;
+    this.adapters = opts.adapters;
   }
 
   // ---- bookkeeping ---------------------------------------------------------------------------
@@ -612,14 +616,14 @@ function onnxIO(ops: OnnxOps): GraphIO<OnnxValue> {
  * cube above the base values and once with all symbols two larger (the check), to fit the shape
  * plan; a final trace at the base values emits the graph.
  */
-export function traceGraph(def: GraphDef, params: ReadonlyMap<string, HostTensor>): OnnxOps {
+export function traceGraph(def: GraphDef, params: ReadonlyMap<string, HostTensor>, adapters?: LinearAdapters<OnnxValue>): OnnxOps {
   const symbols = def.symbols ?? {};
   const names = Object.keys(symbols);
   let plan: ShapePlan | undefined;
   if (names.length > 0) {
     const record = (values: Record<string, number>): TraceLog => {
       const log = emptyLog();
-      const ops = new OnnxOps(def.name, { params, symbols: values, log });
+      const ops = new OnnxOps(def.name, { params, symbols: values, log, adapters });
       def.build(ops, onnxIO(ops));
       return log;
     };
@@ -627,7 +631,7 @@ export function traceGraph(def: GraphDef, params: ReadonlyMap<string, HostTensor
     const checkValues = Object.fromEntries(names.map((s) => [s, symbols[s] + 2]));
     plan = buildPlan(symbols, traces, { values: checkValues, log: record(checkValues) });
   }
-  const ops = new OnnxOps(def.name, { params, symbols, plan });
+  const ops = new OnnxOps(def.name, { params, symbols, plan, adapters });
   def.build(ops, onnxIO(ops));
   return ops;
 }

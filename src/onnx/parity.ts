@@ -10,6 +10,7 @@ import { env as ortEnv } from 'onnxruntime-node';
 import seedrandom from 'seedrandom';
 import type { StateDict } from '../io/safetensors.js';
 import type { Sam2Config } from '../model/config.js';
+import { Adapters, type AdapterTable } from '../model/adapters.js';
 import { SAM2Base } from '../model/sam2.js';
 import { TfOps } from '../model/tf-ops.js';
 import { allGraphs, geometry, GRAPH_FILES, type GraphKey } from './graphs.js';
@@ -145,14 +146,15 @@ export async function runParity(
   config: Sam2Config,
   params: StateDict,
   outDir: string,
-  opts: { tolerance?: number; threads?: number; log?: (line: string) => void } = {},
+  opts: { tolerance?: number; threads?: number; log?: (line: string) => void; adapters?: AdapterTable } = {},
 ): Promise<ParityReport> {
   const tolerance = opts.tolerance ?? PARITY_TOLERANCE;
   const model = new SAM2Base(config);
   const defs = allGraphs(model);
   const { S, h, C, Cm } = geometry(config);
   const tfParams = new Map([...params].map(([k, v]) => [k, tf.tensor(v.data, v.shape)]));
-  const ops = new TfOps(tfParams);
+  const adapters = opts.adapters && new Adapters<tf.Tensor>(opts.adapters.settings, new Set(opts.adapters.layers));
+  const ops = new TfOps(tfParams, undefined, adapters);
   const entries: ParityEntry[] = [];
   const sessions = new Map<GraphKey, ort.InferenceSession>();
   const session = async (key: GraphKey) => {

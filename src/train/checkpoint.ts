@@ -1,6 +1,7 @@
 /**
  * Run checkpoints: `<run-dir>/checkpoints/{latest,best,step-000500}/`, each a directory with
  *   model.safetensors      the full state dict (frozen parts included), official key names
+ *                          (an adapter run instead: adapter.safetensors + adapter.json, see adapters.ts)
  *   optimizer.safetensors  AdamW moments as `exp_avg.<key>` / `exp_avg_sq.<key>`
  *   state.json             step, epoch, data-loader cursor (its RNG state included), best
  *                          validation Dice, AdamW's per-parameter step counts, ...
@@ -13,6 +14,7 @@ import { closeSync, cpSync, existsSync, fsyncSync, mkdirSync, openSync, readdirS
 import { join } from 'node:path';
 import { encodeSafetensors, readSafetensors, type StateDict } from '../io/safetensors.js';
 import type { AdamWState } from './optimizer.js';
+import { ADAPTER_FILE, ADAPTER_META_FILE, isAdapterCheckpoint, readAdapterMeta, type AdapterMeta } from './adapters.js';
 import { writeFileSynced } from '../io/synced-write.js';
 
 export const MODEL_FILE = 'model.safetensors';
@@ -36,7 +38,10 @@ export interface TrainState {
 }
 
 export interface Checkpoint {
+  /** the full state dict; of an adapter run, only what trains (adapter.safetensors) */
   model: StateDict;
+  /** an adapter run's adapter.json: settings and the base weights `model` lays over */
+  adapter?: AdapterMeta;
   optimizer: AdamWState;
   state: TrainState;
   configYaml: string;
@@ -103,7 +108,12 @@ export function saveCheckpoint(runDir: string, ckpt: Checkpoint, names: string[]
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp);
   try {
-    writeFileSynced(join(tmp, MODEL_FILE), encodeSafetensors(ckpt.model, { format: 'pt' }));
+    if (ckpt.adapter) {
+      writeFileSynced(join(tmp, ADAPTER_FILE), encodeSafetensors(ckpt.model, { format: 'pt' }));
+      writeFileSynced(join(tmp, ADAPTER_META_FILE), JSON.stringify(ckpt.adapter, null, 1));
+    } else {
+      writeFileSynced(join(tmp, MODEL_FILE), encodeSafetensors(ckpt.model, { format: 'pt' }));
+    }
     writeFileSynced(join(tmp, OPTIMIZER_FILE), encodeOptimizer(ckpt.optimizer));
     const state = { ...ckpt.state, optimizerSteps: ckpt.optimizer.steps };
     writeFileSynced(join(tmp, STATE_FILE), JSON.stringify(state, null, 1));
@@ -134,21 +144,24 @@ export function pruneStepCheckpoints(dir: string, keepLast: number): void {
 export function findCheckpoint(runDir: string, name = 'latest'): string | undefined {
   const dir = checkpointsDir(runDir);
   for (const n of [name, `.old-${name}`]) {
-    if (existsSync(join(dir, n, STATE_FILE)) && existsSync(join(dir, n, MODEL_FILE))) return join(dir, n);
+    if (existsSync(join(dir, n, STATE_FILE)) && (existsSync(join(dir, n, MODEL_FILE)) || existsSync(join(dir, n, ADAPTER_FILE)))) return join(dir, n);
   }
   return undefined;
 }
 
 /** Read a checkpoint directory written by `saveCheckpoint`. */
 export function loadCheckpoint(path: string): Checkpoint {
-  for (const f of [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, CONFIG_FILE]) {
+  const adapter = isAdapterCheckpoint(path) ? readAdapterMeta(path) : undefined;
+  const weightsFile = adapter ? ADAPTER_FILE : MODEL_FILE;
+  for (const f of [weightsFile, OPTIMIZER_FILE, STATE_FILE, CONFIG_FILE]) {
     if (!existsSync(join(path, f))) throw new Error(`${path}: not a training checkpoint (no ${f})`);
   }
   const { optimizerSteps, ...state } = JSON.parse(readFileSync(join(path, STATE_FILE), 'utf8')) as TrainState & {
     optimizerSteps: Record<string, number>;
   };
   return {
-    model: readSafetensors(join(path, MODEL_FILE)),
+    model: readSafetensors(join(path, weightsFile)),
+    adapter,
     optimizer: readOptimizer(join(path, OPTIMIZER_FILE), optimizerSteps ?? {}),
     state,
     configYaml: readFileSync(join(path, CONFIG_FILE), 'utf8'),

@@ -8,6 +8,9 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import YAML from 'yaml';
 import { z } from 'zod';
 import { BACKEND_NAMES } from '../backend.js';
+import { ADAPTABLE_MODULES, linearLayers, matchTargets } from '../model/adapters.js';
+import { resolveModelChoice } from '../model/config.js';
+import { SAM2Base } from '../model/sam2.js';
 
 const positiveInt = z.number().int().positive();
 const nonNegative = z.number().nonnegative();
@@ -22,8 +25,8 @@ const ModelSchema = z.strictObject({
   image_size: positiveInt.multipleOf(16).optional(),
   /** an official SAM2/SAM2.1/MedSAM2 checkpoint (.pt or .safetensors) to start from; none: a seeded random init */
   checkpoint: z.string().min(1).nullable().default(null),
-  /** state-dict prefixes that train; everything else is frozen */
-  trainable: z.array(z.string().min(1)).min(1).default(['image_encoder', 'sam_mask_decoder']),
+  /** state-dict prefixes that train; everything else is frozen (with adapters: default none) */
+  trainable: z.array(z.string().min(1)).default(['image_encoder', 'sam_mask_decoder']),
 });
 
 const AugmentSchema = z.strictObject({
@@ -143,6 +146,20 @@ const TrainSchema = z.strictObject({
   embedding_cache: EmbeddingCacheSchema.prefault({}),
 });
 
+/** Parameter-efficient fine-tuning (src/model/adapters.ts): the base weights freeze, the adapters train. */
+const AdaptersSchema = z.strictObject({
+  /** lora: low-rank updates of the target layers; bottleneck: SAM-Med2D's adapter after each target layer */
+  kind: z.enum(['lora', 'bottleneck']),
+  /** LoRA rank, or the bottleneck's hidden width */
+  rank: positiveInt.default(8),
+  /** LoRA scale numerator (the update is scaled by alpha / rank); default: rank */
+  alpha: z.number().positive().nullable().default(null),
+  /** dropout on the LoRA branch's input while training */
+  dropout: z.number().min(0).lt(1).default(0),
+  /** linear layers by state-dict prefix; '*' stands for any run of characters, e.g. '*.attn.qkv' */
+  targets: z.array(z.string().min(1)).min(1),
+});
+
 export const TrainConfigSchema = z.strictObject({
   /** a name for the run (the default run directory is checkpoints/<name>) */
   name: z.string().min(1).default('run'),
@@ -152,6 +169,8 @@ export const TrainConfigSchema = z.strictObject({
   /** threads of the backend's pools (TensorFlow's intra- and inter-op); null: all cores */
   backend_threads: positiveInt.nullable().default(null),
   model: ModelSchema.prefault({}),
+  /** adapters instead of full fine-tuning; model.trainable then names what trains beside them (default nothing) */
+  adapters: AdaptersSchema.nullable().default(null),
   data: DataSchema,
   prompts: PromptsSchema.prefault({}),
   train: TrainSchema,
@@ -230,11 +249,52 @@ function resolvePaths(raw: Record<string, unknown>, baseDir: string, skip: Set<s
   }
 }
 
+/** With adapters, model.trainable defaults to nothing: only the adapters train. */
+function defaultTrainable(raw: unknown): unknown {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return raw;
+  const r = raw as Record<string, unknown>;
+  const model = r.model;
+  if (!r.adapters || (model !== undefined && (typeof model !== 'object' || model === null || 'trainable' in model))) return raw;
+  return { ...r, model: { ...(model as object | undefined), trainable: [] } };
+}
+
 /** Validate a plain object as a training config; `source` names it in errors. */
 export function parseConfig(raw: unknown, source = 'config'): TrainConfig {
-  const result = TrainConfigSchema.safeParse(raw);
+  const result = TrainConfigSchema.safeParse(defaultTrainable(raw));
   if (!result.success) throw new ConfigError(formatIssues(result.error, source));
-  return result.data;
+  const config = result.data;
+  if (config.model.trainable.length === 0 && !config.adapters) {
+    throw new ConfigError(`${source}: invalid config\n  model.trainable: empty, so nothing would train (name prefixes or set adapters)`);
+  }
+  if (config.adapters) checkAdapterTargets(config, source);
+  return config;
+}
+
+/** Every adapters.targets pattern must select a linear layer of the model on the training path. */
+function checkAdapterTargets(config: TrainConfig, source: string): void {
+  const a = config.adapters!;
+  let layers: Map<string, [number, number]>;
+  try {
+    layers = linearLayers(new SAM2Base(resolveModelChoice(config.model)).paramSpecs());
+  } catch {
+    return; // a bad model config is reported where the model is built
+  }
+  const problems: string[] = [];
+  const trained = [...layers.keys()].filter((l) => ADAPTABLE_MODULES.some((m) => l.startsWith(`${m}.`)));
+  for (const [i, pattern] of a.targets.entries()) {
+    const { layers: hit } = matchTargets(layers.keys(), [pattern]);
+    if (hit.length === 0) {
+      problems.push(`  adapters.targets[${i}]: '${pattern}' matches no linear layer (e.g. ${trained.slice(0, 3).join(', ')})`);
+      continue;
+    }
+    const off = hit.filter((l) => !trained.includes(l));
+    if (off.length > 0) problems.push(`  adapters.targets[${i}]: '${pattern}' matches ${off[0]}${off.length > 1 ? ` and ${off.length - 1} more` : ''}, outside the 2D training path (${ADAPTABLE_MODULES.join(', ')})`);
+    if (a.kind === 'bottleneck') {
+      const fused = hit.find((l) => l.endsWith('.attn.qkv'));
+      if (fused) problems.push(`  adapters.targets[${i}]: '${pattern}' matches the fused projection ${fused}; a bottleneck adapter goes after a layer's whole output (e.g. '*.attn.proj')`);
+    }
+  }
+  if (problems.length > 0) throw new ConfigError(`${source}: invalid config\n${problems.join('\n')}`);
 }
 
 /**

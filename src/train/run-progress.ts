@@ -44,7 +44,9 @@ export async function saveStepCheckpoints(
   if (names.length === 0 && !at.last && !at.stopping) return false;
   names.push('latest');
   const optimizer = await run.optimizer.exportState();
-  saveCheckpoint(runDir, { model: await fromTfParams(run.params), optimizer, state: trainState(p, loader), configYaml }, names, t.keep_last);
+  // an adapter run keeps only what trains; its base weights are referenced, not copied
+  const model = await fromTfParams(run.adapter ? run.trainable : run.params);
+  saveCheckpoint(runDir, { model, adapter: run.adapter?.meta, optimizer, state: trainState(p, loader), configYaml }, names, t.keep_last);
   return true;
 }
 

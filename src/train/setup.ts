@@ -14,7 +14,9 @@ import type { Batch } from '../data/types.js';
 import { readStateDict } from '../io/checkpoint-file.js';
 import { resolveModelChoice, type Sam2Config } from '../model/config.js';
 import { SAM2Base } from '../model/sam2.js';
+import { isAdapterParam } from '../model/adapters.js';
 import { TfOps } from '../model/tf-ops.js';
+import { ADAPTER_FILE, adaptedStateDict, adapterRun, plannedAdapters, type AdapterRun } from './adapters.js';
 import { initParams, loadStateDict, paramCount, toTfParams, type StateDict } from '../model/weights.js';
 import { findCheckpoint, loadCheckpoint, type Checkpoint } from './checkpoint.js';
 import type { TrainConfig } from './config.js';
@@ -35,6 +37,8 @@ export interface ModelSetup {
   resumed?: Checkpoint;
   /** the frozen image encoder's outputs by slice (train.embedding_cache), when on */
   embeddingCache?: EmbeddingCache;
+  /** an adapter run: its adapters, what its checkpoints describe, the training dropout's seeding */
+  adapter?: AdapterRun;
 }
 
 /** The model, its weights and optimizer, resumed from `resume` ('auto': the run's latest checkpoint) when given. */
@@ -46,24 +50,32 @@ export function setupModel(config: TrainConfig, runDir: string, resume: string |
   const resumeDir = resume === 'auto' ? findCheckpoint(runDir) : resume;
   if (resume === 'auto' && !resumeDir) say(`no checkpoint in ${runDir}/checkpoints yet: starting from the beginning`);
   const resumed = resumeDir ? loadCheckpoint(resumeDir) : undefined;
+  const planned = config.adapters ? plannedAdapters(config.adapters, specs) : undefined;
+  if (resumed && !resumed.adapter !== !planned) {
+    throw new Error(`${resumeDir}: ${resumed.adapter ? 'an adapter checkpoint, but the config has no adapters' : 'a full checkpoint, but the config trains adapters'}: resume with the config it was trained with`);
+  }
   let weights: StateDict;
   if (resumed) {
-    weights = loadStateDict(specs, resumed.model, { source: join(resumeDir!, 'model.safetensors') }).params;
+    const sd = resumed.adapter ? adaptedStateDict(resumed.adapter, resumed.model, modelConfig, resumeDir!) : resumed.model;
+    weights = loadStateDict([...specs, ...(planned?.specs ?? [])], sd, { source: join(resumeDir!, resumed.adapter ? ADAPTER_FILE : 'model.safetensors') }).params;
     say(`resuming from ${resumeDir} at step ${resumed.state.step}`);
   } else if (config.model.checkpoint) {
     weights = loadStateDict(specs, readStateDict(config.model.checkpoint), { source: config.model.checkpoint }).params;
   } else {
     weights = initParams(specs, config.seed);
   }
+  if (planned && !resumed) for (const [k, t] of initParams(planned.specs, config.seed)) weights.set(k, t);
   // the prompt encoder's random Fourier matrix is a buffer in PyTorch, never trained
   const isTrainable = (name: string) =>
-    !name.endsWith('.positional_encoding_gaussian_matrix') && config.model.trainable.some((p) => name === p || name.startsWith(`${p}.`));
+    isAdapterParam(name) ||
+    (!name.endsWith('.positional_encoding_gaussian_matrix') && config.model.trainable.some((p) => name === p || name.startsWith(`${p}.`)));
   const params = toTfParams(weights, { trainable: isTrainable });
   const trainable = new Map([...params].filter(([, v]) => v.trainable));
   if (trainable.size === 0) throw new Error(`model.trainable (${config.model.trainable.join(', ')}) matches no parameter`);
+  const trainedWhat = [...(planned ? [`${planned.settings.kind} rank ${planned.settings.rank} on ${planned.layers.length} layers`] : []), ...config.model.trainable];
   say(
     `model: ${paramCount(specs).toLocaleString('en')} parameters, ${paramCount([...trainable.values()]).toLocaleString('en')} trained ` +
-      `(${config.model.trainable.join(', ')}), image size ${modelConfig.image_size}`,
+      `(${trainedWhat.join(', ')}), image size ${modelConfig.image_size}`,
   );
   const optimizer = new AdamW(
     trainable,
@@ -79,7 +91,8 @@ export function setupModel(config: TrainConfig, runDir: string, resume: string |
   );
   if (resumed) optimizer.loadState(resumed.optimizer);
   const keyOfVar = new Map([...trainable].map(([k, v]) => [v.name, k]));
-  return { modelConfig, model, ops: new TfOps(params), params, trainable, keyOfVar, optimizer, resumed };
+  const adapter = planned && adapterRun(planned, config, resumed?.adapter);
+  return { modelConfig, model, ops: new TfOps(params, undefined, adapter?.adapters), params, trainable, keyOfVar, optimizer, resumed, adapter };
 }
 
 export interface DataSetup {

@@ -60,11 +60,13 @@ export async function trainStep(
       ? await planCorrectionRounds(model, ops, x.images, promptPoints(batch), batch.fullMasks ?? missingFullMasks(), corrections.rounds, embed)
       : [{ points: promptPoints(batch) }];
     let terms: Record<string, tf.Scalar> = {};
+    run.adapter?.dropout?.begin(step, micro);
     const { value, grads } = tf.variableGrads(() => {
       const objective = trainingObjective(forwardRounds(run, embed(), batch.batchSize, rounds), x.masks, t);
       terms = Object.fromEntries(Object.entries(objective.terms).map(([k, v]) => [k, tf.keep(v)]));
       return objective.loss;
     }, [...trainable.values()]);
+    run.adapter?.dropout?.end();
     const names = Object.keys(terms);
     const [lv, ...tv] = await Promise.all([value, ...Object.values(terms)].map(async (s) => (await s.data())[0]));
     tf.dispose([value, ...Object.values(terms), x.images, x.boxes, x.masks, ...(encoded ?? [])]);
