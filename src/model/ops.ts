@@ -79,6 +79,13 @@ export interface Ops<T> {
   resizeNearest(x: T, size: [number, number]): T;
   /** bilinear resize, align_corners=False, half-pixel centres, no antialias */
   resizeBilinear(x: T, size: [number, number]): T;
+
+  /**
+   * `block(ops, inputs)`: a module's forward whose parameters all live under `prefix` (and it
+   * reads no other). A training implementation may keep only the inputs and recompute the block in
+   * the backward pass (gradient checkpointing); others simply call it.
+   */
+  checkpoint(prefix: string, block: (ops: Ops<T>, inputs: T[]) => T[], inputs: T[]): T[];
 }
 
 /** Parameter initialisers, used to build a model from scratch (the demo, tests). */

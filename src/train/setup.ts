@@ -75,7 +75,7 @@ export function setupModel(config: TrainConfig, runDir: string, resume: string |
   );
   if (resumed) optimizer.loadState(resumed.optimizer);
   const keyOfVar = new Map([...trainable].map(([k, v]) => [v.name, k]));
-  return { modelConfig, model, ops: new TfOps(params), params, trainable, keyOfVar, optimizer, resumed };
+  return { modelConfig, model, ops: new TfOps(params, undefined, t.checkpoint_activations), params, trainable, keyOfVar, optimizer, resumed };
 }
 
 export interface DataSetup {
