@@ -28,6 +28,8 @@ export interface StepMeasurement {
   checkpointActivations: boolean;
   /** seconds of the last step (the first compiles kernels and grows the heap); null after one step */
   secondsPerStep: number | null;
+  /** CPU seconds of that step, all threads (on a loaded machine the fairer figure) */
+  cpuSecondsPerStep: number | null;
   /** tfjs's peak of live tensor bytes during the first step */
   tfjsPeakBytes: number;
   /** wasm: the heap's size after the steps (it grows, never shrinks: its peak); else null */
@@ -59,10 +61,14 @@ export async function measureSteps(config: TrainConfig, steps = 2): Promise<Step
       await trainStep(run, loader, t, 0, 1, runDir);
     });
     let secondsPerStep: number | null = null;
+    let cpuSecondsPerStep: number | null = null;
     for (let step = 1; step < steps; step++) {
       const start = performance.now();
+      const cpuStart = process.cpuUsage();
       await trainStep(run, loader, t, step, 1, runDir);
       secondsPerStep = (performance.now() - start) / 1000;
+      const cpu = process.cpuUsage(cpuStart);
+      cpuSecondsPerStep = (cpu.user + cpu.system) / 1e6;
     }
     return {
       backend,
@@ -71,6 +77,7 @@ export async function measureSteps(config: TrainConfig, steps = 2): Promise<Step
       batchSize: t.batch_size,
       checkpointActivations: t.checkpoint_activations,
       secondsPerStep,
+      cpuSecondsPerStep,
       tfjsPeakBytes: profile.peakBytes,
       wasmHeapBytes: wasmHeapBytes(),
       peakRssBytes: process.resourceUsage().maxRSS * 1024,
@@ -107,11 +114,20 @@ export function dryRun(config: TrainConfig, steps = 2): DryRunResult {
   rmSync(dir, { recursive: true, force: true });
   const line = child.stdout?.split('\n').find((l) => l.startsWith(MARKER));
   if (line) return verdict(config, JSON.parse(line.slice(MARKER.length)) as StepMeasurement, undefined, available);
-  const output = `${child.stderr ?? ''}\n${child.stdout ?? ''}`;
-  const why = output.split('\n').find((l) => /abort|out of memory|out of bounds|heap|RuntimeError/i.test(l)) ?? output.trim().split('\n').at(-1) ?? '';
-  const how = child.signal ? `killed by ${child.signal}${child.signal === 'SIGKILL' ? ' (the system ran out of memory?)' : ''}` : `exit code ${child.status}`;
-  return verdict(config, undefined, `${how}${why ? `: ${why.trim().slice(0, 300)}` : ''}`, available);
+  const output = `${child.stderr ?? ''}\n${child.stdout ?? ''}`.split('\n');
+  const outOfMemory = output.find((l) => OUT_OF_MEMORY.test(l));
+  const how = child.signal ? `killed by ${child.signal}` : `exit code ${child.status}`;
+  // SIGKILL: the kernel's OOM killer (or a user); anything else is a plain error in the run
+  if (!outOfMemory && child.signal !== 'SIGKILL') {
+    // Node prints the throwing source line first, then `SomeError: message`
+    const error = output.find((l) => /^\w*Error\b/.test(l)) ?? output.filter((l) => l.trim()).at(-1) ?? '';
+    throw new Error(`the dry run's step failed (${how}): ${error.trim()}`);
+  }
+  return verdict(config, undefined, `${how}${outOfMemory ? `: ${outOfMemory.trim().slice(0, 300)}` : ', the system ran out of memory?'}`, available);
 }
+
+/** How a step that ran out of memory ends: the wasm runtime's abort, V8's or the allocator's messages. */
+const OUT_OF_MEMORY = /Aborted\(|memory access out of bounds|out of memory|Array buffer allocation failed|Cannot enlarge memory|std::bad_alloc/i;
 
 const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(2)} GiB`;
 
@@ -130,7 +146,8 @@ export function verdict(config: TrainConfig, m: StepMeasurement | undefined, fai
     lines.push(`does not fit: the step failed (${failure})${config.backend === 'wasm' || /abort|out of bounds/i.test(failure ?? '') ? '; the wasm heap is capped at 4 GiB' : ''}`);
   } else {
     lines.push(
-      `  step: ${m.secondsPerStep !== null ? `${m.secondsPerStep.toFixed(1)} s` : 'not timed (one step)'}; tfjs peak ${gib(m.tfjsPeakBytes)}` +
+      `  step: ${m.secondsPerStep !== null ? `${m.secondsPerStep.toFixed(1)} s (${m.cpuSecondsPerStep!.toFixed(1)} s of CPU)` : 'not timed (one step)'}; ` +
+        `tfjs peak ${gib(m.tfjsPeakBytes)} (tensor bytes, views counted)` +
         (m.wasmHeapBytes !== null ? `; wasm heap ${gib(m.wasmHeapBytes)} of ${gib(WASM_HEAP_LIMIT_BYTES)}` : '') +
         `; peak RSS ${gib(m.peakRssBytes)} (${gib(availableBytes)} available of ${gib(totalmem())})`,
     );
