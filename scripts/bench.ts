@@ -19,6 +19,7 @@ import { TfOps } from '../src/model/tf-ops.js';
 import { initParams, toTfParams } from '../src/model/weights.js';
 import { benchOnnx } from '../src/onnx/bench.js';
 import { loadConfig } from '../src/train/config.js';
+import { wasmHeapBytes } from '../src/train/dry-run.js';
 import { train } from '../src/train/train.js';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -33,6 +34,7 @@ const args = await yargs(hideBin(process.argv))
   .option('only', { type: 'string', default: 'model,train,steps,onnx,data', describe: 'sections to run: model,train,steps,onnx,data,webgpu' })
   .option('train-steps', { type: 'number', default: 3, describe: 'timed optimizer steps per training benchmark' })
   .option('step-child', { type: 'string', hidden: true, describe: 'internal: one training-step figure (SIZExBATCH) in this process' })
+  .option('checkpoint-activations', { type: 'boolean', default: false, describe: 'training sections with train.checkpoint_activations (recomputed activations)' })
   .option('batch', { type: 'number', default: 8, describe: 'batch of the webgpu section (the demo trains at 8)' })
   .option('webgpu-model', { type: 'string', default: 'demo', describe: "webgpu section's model: demo or a preset (sam2.1-tiny)" })
   .option('webgpu-size', { type: 'number', describe: "webgpu section's input size (default: the model's)" })
@@ -77,7 +79,7 @@ function benchImagePath(size: number, iters: number): { forwardMs: number; train
 async function benchTraining(configPath: string, overrides: string[], steps: number, onStep?: (step: number) => void): Promise<number> {
   const runDir = mkdtempSync(join(tmpdir(), 'medtune-bench-'));
   const config = loadConfig(configPath, {
-    overrides: [...overrides, `train.max_steps=${steps + 1}`, 'train.val_every=0', 'train.save_every=0', 'train.val_at_start=false', 'data.val=null'],
+    overrides: [...overrides, `train.checkpoint_activations=${args['checkpoint-activations']}`, `train.max_steps=${steps + 1}`, 'train.val_every=0', 'train.save_every=0', 'train.val_at_start=false', 'data.val=null'],
   });
   const stepEnds: number[] = [];
   try {
@@ -162,6 +164,8 @@ interface StepFigure {
   batch: number;
   imgPerS: number;
   peakRssMiB: number;
+  /** wasm: the heap's size after the steps (its peak) */
+  wasmHeapMiB: number | null;
   /** tfjs kernels run per step (forward, backward, optimizer) */
   kernels: number;
   /** TensorFlow eager ops per step (tensorflow backend only: its C API calls) */
@@ -225,11 +229,13 @@ async function stepFigure(spec: string): Promise<never> {
   );
   const ops = counted!.tfOps ?? counted!.kernels;
   const top = [...ops.entries()].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, n]) => `${k} ${n}`).join(', ');
+  const heap = wasmHeapBytes();
   const figure: StepFigure = {
     size,
     batch,
     imgPerS,
     peakRssMiB: process.resourceUsage().maxRSS / 1024,
+    wasmHeapMiB: heap === null ? null : heap / 2 ** 20,
     kernels: sumOf(counted!.kernels),
     tfOps: counted!.tfOps && sumOf(counted!.tfOps),
     top,
@@ -239,7 +245,8 @@ async function stepFigure(spec: string): Promise<never> {
 }
 
 function runStepFigure(backend: string, size: number, batch: number): StepFigure | string {
-  const r = spawnSync(process.execPath, [...process.execArgv, process.argv[1], '--backend', backend, '--step-child', `${size}x${batch}`, '--train-steps', String(args['train-steps'])], {
+  const flags = ['--backend', backend, '--step-child', `${size}x${batch}`, '--train-steps', String(args['train-steps']), `--checkpoint-activations=${args['checkpoint-activations']}`];
+  const r = spawnSync(process.execPath, [...process.execArgv, process.argv[1], ...flags], {
     encoding: 'utf8',
     maxBuffer: 16 << 20,
   });
@@ -256,9 +263,9 @@ async function benchTrainingSteps(backend: string): Promise<void> {
       typeof f === 'string'
         ? `training step, sam2.1-tiny @${size} batch ${batch}: ${f}`
         : `training step, sam2.1-tiny @${size} batch ${batch}: ${f.imgPerS.toFixed(3)} img/s (${((1000 * batch) / f.imgPerS).toFixed(0)} ms/step), ` +
-            `peak RSS ${gib(f.peakRssMiB)} GiB, ${f.kernels} tfjs kernels${f.tfOps !== undefined ? ` / ${f.tfOps} TensorFlow ops` : ''} per step; most: ${f.top}`,
+            `peak RSS ${gib(f.peakRssMiB)} GiB${f.wasmHeapMiB !== null ? `, wasm heap ${gib(f.wasmHeapMiB)} GiB` : ''}, ${f.kernels} tfjs kernels${f.tfOps !== undefined ? ` / ${f.tfOps} TensorFlow ops` : ''} per step; most: ${f.top}`,
     );
-  console.log(`training steps in fresh processes (${args['train-steps']} timed after 1 warm-up; load average ${loadavg().map((l) => l.toFixed(1)).join(' ')} on ${availableParallelism()} cores):`);
+  console.log(`training steps in fresh processes (${args['train-steps']} timed after 1 warm-up${args['checkpoint-activations'] ? ', activations checkpointed' : ''}; load average ${loadavg().map((l) => l.toFixed(1)).join(' ')} on ${availableParallelism()} cores):`);
   let rss512: number | undefined;
   for (const size of [256, 512]) {
     for (const batch of [1, 4]) {
