@@ -50,7 +50,7 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
       .example('$0 train --config configs/demo.yaml', 'the demo: minutes on CPU')
       .example('$0 train --config configs/sam2.1-tiny-512.yaml --set train.max_steps=20 --out checkpoints/try', 'a short run')
       .example('$0 train --config configs/demo.yaml --resume auto', 'continue an interrupted run')
-      .example('$0 train --config configs/sam2.1-tiny-512.yaml --set train.batch_size=1 --dry-run', 'will it fit? (exit code 1 when not)'),
+      .example('$0 train --config configs/sam2.1-tiny-512.yaml --dry-run', 'will it fit? (exit code 1 when not)'),
   handler: async (args) => {
     const { loadConfig, readResolvedConfig, ConfigError } = await import('../train/config.js');
     let config;
