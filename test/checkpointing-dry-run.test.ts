@@ -1,5 +1,5 @@
 /**
- * `medtune train --dry-run`: a real step measured in a child process (tiny model, cpu), a failing
+ * `medtune train --dry-run`: real steps measured in a child process (tiny model, cpu), a failing
  * run's error passed on, and the verdict on hand-made measurements (fits, tight, over memory,
  * aborted) naming the switches not in use yet.
  */
@@ -19,6 +19,7 @@ function measurement(over: Partial<StepMeasurement>): StepMeasurement {
     checkpointActivations: false,
     secondsPerStep: 1.5,
     cpuSecondsPerStep: 1.4,
+    microBatches: 1,
     tfjsPeakBytes: 1 * GiB,
     wasmHeapBytes: 1 * GiB,
     peakRssBytes: 1.5 * GiB,
@@ -27,14 +28,16 @@ function measurement(over: Partial<StepMeasurement>): StepMeasurement {
 }
 
 describe('train --dry-run', () => {
-  it('measures two real steps in a child process (tiny model, cpu)', () => {
-    const result = dryRun(tinyConfig(data));
+  it('measures two real steps in a child process (tiny model, cpu), 2 of 3 micro-batches each', () => {
+    const result = dryRun(tinyConfig(data, { grad_accum: 3 }));
     const m = result.measurement!;
     console.log(result.lines.join('\n'));
     expect(result.fits).toBe(true);
     expect(m.backend).toBe('cpu');
     expect(m.imageSize).toBe(64);
     expect(m.batchSize).toBe(2);
+    expect(m.microBatches).toBe(2);
+    expect(result.lines[1]).toContain('(timed over 2 of its 3 micro-batches)');
     expect(m.secondsPerStep).toBeGreaterThan(0);
     expect(m.cpuSecondsPerStep).toBeGreaterThan(0);
     // parameters, AdamW's moments and the step's activations: more than the parameters' 4 bytes each

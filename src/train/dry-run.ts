@@ -26,10 +26,16 @@ export interface StepMeasurement {
   imageSize: number;
   batchSize: number;
   checkpointActivations: boolean;
-  /** seconds of the last step (the first compiles kernels and grows the heap); null after one step */
+  /**
+   * seconds of the last step (the first compiles kernels and grows the heap); null after one step.
+   * Steps of more than 2 micro-batches run 2 (the same peak: the sum so far beside the new
+   * gradients), their time scaled up.
+   */
   secondsPerStep: number | null;
   /** CPU seconds of that step, all threads (on a loaded machine the fairer figure) */
   cpuSecondsPerStep: number | null;
+  /** micro-batches each measured step ran */
+  microBatches: number;
   /** tfjs's peak of live tensor bytes during the first step */
   tfjsPeakBytes: number;
   /** wasm: the heap's size after the steps (it grows, never shrinks: its peak); else null */
@@ -52,7 +58,9 @@ export async function measureSteps(config: TrainConfig, steps = 2): Promise<Step
   const { backend, device } = await selectBackend(config.backend, { quiet: true, threads: config.backend_threads ?? undefined });
   const runDir = mkdtempSync(join(tmpdir(), 'medtune-dry-run-'));
   // the memory of a step does not depend on which samples it draws: all of data.train, no split
-  const measured: TrainConfig = { ...config, data: { ...config.data, val: null, val_fraction: 0 } };
+  const microBatches = Math.min(config.train.grad_accum, 2);
+  const measured: TrainConfig = { ...config, data: { ...config.data, val: null, val_fraction: 0 }, train: { ...config.train, grad_accum: microBatches } };
+  const scale = config.train.grad_accum / microBatches;
   const run = setupModel(measured, runDir, undefined, () => {});
   const { loader } = await setupData(measured, run.modelConfig.image_size, runDir, undefined, () => {});
   const t = measured.train;
@@ -66,9 +74,9 @@ export async function measureSteps(config: TrainConfig, steps = 2): Promise<Step
       const start = performance.now();
       const cpuStart = process.cpuUsage();
       await trainStep(run, loader, t, step, 1, runDir);
-      secondsPerStep = (performance.now() - start) / 1000;
+      secondsPerStep = (scale * (performance.now() - start)) / 1000;
       const cpu = process.cpuUsage(cpuStart);
-      cpuSecondsPerStep = (cpu.user + cpu.system) / 1e6;
+      cpuSecondsPerStep = (scale * (cpu.user + cpu.system)) / 1e6;
     }
     return {
       backend,
@@ -78,6 +86,7 @@ export async function measureSteps(config: TrainConfig, steps = 2): Promise<Step
       checkpointActivations: t.checkpoint_activations,
       secondsPerStep,
       cpuSecondsPerStep,
+      microBatches,
       tfjsPeakBytes: profile.peakBytes,
       wasmHeapBytes: wasmHeapBytes(),
       peakRssBytes: process.resourceUsage().maxRSS * 1024,
@@ -146,7 +155,8 @@ export function verdict(config: TrainConfig, m: StepMeasurement | undefined, fai
     lines.push(`does not fit: the step failed (${failure})${config.backend === 'wasm' || /abort|out of bounds/i.test(failure ?? '') ? '; the wasm heap is capped at 4 GiB' : ''}`);
   } else {
     lines.push(
-      `  step: ${m.secondsPerStep !== null ? `${m.secondsPerStep.toFixed(1)} s (${m.cpuSecondsPerStep!.toFixed(1)} s of CPU)` : 'not timed (one step)'}; ` +
+      `  step: ${m.secondsPerStep !== null ? `${m.secondsPerStep.toFixed(1)} s (${m.cpuSecondsPerStep!.toFixed(1)} s of CPU)` : 'not timed (one step)'}` +
+        `${m.microBatches < t.grad_accum ? ` (timed over ${m.microBatches} of its ${t.grad_accum} micro-batches)` : ''}; ` +
         `tfjs peak ${gib(m.tfjsPeakBytes)} (tensor bytes, views counted)` +
         (m.wasmHeapBytes !== null ? `; wasm heap ${gib(m.wasmHeapBytes)} of ${gib(WASM_HEAP_LIMIT_BYTES)}` : '') +
         `; peak RSS ${gib(m.peakRssBytes)} (${gib(availableBytes)} available of ${gib(totalmem())})`,
