@@ -69,6 +69,9 @@ describe('train --dry-run', () => {
     expect(switches.map((l) => l.split(': ')[1])).toEqual(['train.checkpoint_activations', 'adapters', 'model.trainable', 'train.batch_size', 'backend']);
     expect(overRam.lines.join('\n')).toContain('train.batch_size: 2 with train.grad_accum: 2');
 
+    const odd = verdict(tinyConfig(data, { batch_size: 3, grad_accum: 2 }), measurement({ peakRssBytes: 9 * GiB }), undefined, 8 * GiB);
+    expect(odd.lines.join('\n')).toContain('train.batch_size: 1 with train.grad_accum: 6 (the same effective batch)');
+
     const aborted = verdict(
       tinyConfig(data, { batch_size: 1, checkpoint_activations: true }),
       undefined,

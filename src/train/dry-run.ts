@@ -144,7 +144,7 @@ const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(2)} GiB`;
 export function verdict(config: TrainConfig, m: StepMeasurement | undefined, failure: string | undefined, availableBytes: number): DryRunResult {
   const t = config.train;
   const lines = [
-    `dry run: ${config.model.preset ?? 'model'} @${m?.imageSize ?? config.model.image_size ?? 'its size'}, batch ${t.batch_size}` +
+    `dry run: ${config.model.preset} @${m?.imageSize ?? config.model.image_size ?? 'its size'}, batch ${t.batch_size}` +
       `${t.grad_accum > 1 ? ` x ${t.grad_accum} accumulated` : ''}, backend ${m ? `${m.backend} (${m.device})` : config.backend}, ` +
       `checkpoint_activations ${t.checkpoint_activations ? 'on' : 'off'}, trained: ${config.model.trainable.join(', ')}`,
   ];
@@ -175,12 +175,15 @@ export function verdict(config: TrainConfig, m: StepMeasurement | undefined, fai
 function switches(config: TrainConfig): string[] {
   const t = config.train;
   const out: string[] = [];
-  if (!t.checkpoint_activations) out.push('train.checkpoint_activations: true (recompute activations in the backward pass; about a third slower)');
+  if (!t.checkpoint_activations) out.push('train.checkpoint_activations: true (recompute activations in the backward pass: one more forward per step)');
   if (config.model.trainable.some((p) => p === 'image_encoder' || p.startsWith('image_encoder.'))) {
     out.push('adapters: {kind: lora, rank: 8} (LoRA: the image encoder frozen but for small adapters)');
     out.push('model.trainable: [sam_mask_decoder] (freeze the image encoder)');
   }
-  if (t.batch_size > 1) out.push(`train.batch_size: ${Math.ceil(t.batch_size / 2)} with train.grad_accum: ${t.grad_accum * 2} (the same effective batch)`);
+  if (t.batch_size > 1) {
+    const smaller = t.batch_size % 2 === 0 ? t.batch_size / 2 : 1;
+    out.push(`train.batch_size: ${smaller} with train.grad_accum: ${(t.grad_accum * t.batch_size) / smaller} (the same effective batch)`);
+  }
   if (config.backend !== 'tensorflow') out.push('backend: tensorflow (native memory, no 4 GiB cap; see medtune setup tensorflow)');
   return out;
 }
