@@ -23,6 +23,7 @@ import { loadConfig } from '../src/train/config.js';
 import { openEmbeddingCache } from '../src/train/embedding-cache.js';
 import { setupData, setupModel } from '../src/train/setup.js';
 import { trainStep } from '../src/train/step.js';
+import { wasmHeapBytes } from '../src/train/dry-run.js';
 import { train } from '../src/train/train.js';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -37,7 +38,7 @@ const args = await yargs(hideBin(process.argv))
   .option('only', { type: 'string', default: 'model,train,steps,cache,onnx,data', describe: 'sections to run: model,train,steps,cache,onnx,data,webgpu' })
   .option('train-steps', { type: 'number', default: 3, describe: 'timed optimizer steps per training benchmark' })
   .option('step-child', { type: 'string', hidden: true, describe: 'internal: one training-step figure (SIZExBATCH) in this process' })
-  .option('set', { type: 'string', array: true, default: [] as string[], describe: "config overrides of the training-step figures, e.g. 'adapters={kind: lora, targets: [\"*.attn.qkv\"]}'" })
+  .option('set', { type: 'string', array: true, default: [] as string[], describe: "config overrides of the training sections, e.g. 'train.checkpoint_activations=true' or 'adapters={kind: lora, targets: [\"*.attn.qkv\"]}'" })
   .option('batch', { type: 'number', default: 8, describe: 'batch of the webgpu section (the demo trains at 8)' })
   .option('webgpu-model', { type: 'string', default: 'demo', describe: "webgpu section's model: demo or a preset (sam2.1-tiny)" })
   .option('webgpu-size', { type: 'number', describe: "webgpu section's input size (default: the model's)" })
@@ -82,7 +83,7 @@ function benchImagePath(size: number, iters: number): { forwardMs: number; train
 async function benchTraining(configPath: string, overrides: string[], steps: number, onStep?: (step: number) => void): Promise<number> {
   const runDir = mkdtempSync(join(tmpdir(), 'medtune-bench-'));
   const config = loadConfig(configPath, {
-    overrides: [...overrides, `train.max_steps=${steps + 1}`, 'train.val_every=0', 'train.save_every=0', 'train.val_at_start=false', 'data.val=null'],
+    overrides: [...overrides, ...args.set, `train.max_steps=${steps + 1}`, 'train.val_every=0', 'train.save_every=0', 'train.val_at_start=false', 'data.val=null'],
   });
   const stepEnds: number[] = [];
   try {
@@ -180,6 +181,8 @@ interface StepFigure {
   /** CPU seconds (all threads) per timed step: a figure that holds up better than img/s on a shared machine */
   cpuSPerStep: number;
   peakRssMiB: number;
+  /** wasm: the heap's size after the steps (its peak) */
+  wasmHeapMiB: number | null;
   /** tfjs kernels run per step (forward, backward, optimizer) */
   kernels: number;
   /** TensorFlow eager ops per step (tensorflow backend only: its C API calls) */
@@ -239,7 +242,7 @@ async function stepFigure(spec: string): Promise<never> {
   const steps = Math.max(args['train-steps'], 1);
   const imgPerS = await benchTraining(
     'configs/ct-lesion-small.yaml',
-    [`backend=${args.backend}`, 'model.config=null', `model.image_size=${size}`, `train.batch_size=${batch}`, ...args.set],
+    [`backend=${args.backend}`, 'model.config=null', `model.image_size=${size}`, `train.batch_size=${batch}`],
     steps,
     // step 2 (the first timed one) is counted; CPU time from the end of step 1 to the last
     (step) => {
@@ -252,12 +255,14 @@ async function stepFigure(spec: string): Promise<never> {
   );
   const ops = counted!.tfOps ?? counted!.kernels;
   const top = [...ops.entries()].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, n]) => `${k} ${n}`).join(', ');
+  const heap = wasmHeapBytes();
   const figure: StepFigure = {
     size,
     batch,
     imgPerS,
     cpuSPerStep: (cpuUsed!.user + cpuUsed!.system) / 1e6 / steps,
     peakRssMiB: process.resourceUsage().maxRSS / 1024,
+    wasmHeapMiB: heap === null ? null : heap / 2 ** 20,
     kernels: sumOf(counted!.kernels),
     tfOps: counted!.tfOps && sumOf(counted!.tfOps),
     top,
@@ -284,9 +289,9 @@ async function benchTrainingSteps(backend: string): Promise<void> {
       typeof f === 'string'
         ? `training step, sam2.1-tiny @${size} batch ${batch}: ${f}`
         : `training step, sam2.1-tiny @${size} batch ${batch}: ${f.imgPerS.toFixed(3)} img/s (${((1000 * batch) / f.imgPerS).toFixed(0)} ms/step, ${f.cpuSPerStep.toFixed(1)} CPU s/step), ` +
-            `peak RSS ${gib(f.peakRssMiB)} GiB, ${f.kernels} tfjs kernels${f.tfOps !== undefined ? ` / ${f.tfOps} TensorFlow ops` : ''} per step; most: ${f.top}`,
+            `peak RSS ${gib(f.peakRssMiB)} GiB${f.wasmHeapMiB !== null ? `, wasm heap ${gib(f.wasmHeapMiB)} GiB` : ''}, ${f.kernels} tfjs kernels${f.tfOps !== undefined ? ` / ${f.tfOps} TensorFlow ops` : ''} per step; most: ${f.top}`,
     );
-  console.log(`training steps in fresh processes (${args['train-steps']} timed after 1 warm-up; load average ${loadavg().map((l) => l.toFixed(1)).join(' ')} on ${availableParallelism()} cores):`);
+  console.log(`training steps in fresh processes (${args['train-steps']} timed after 1 warm-up${args.set.length > 0 ? `, with ${args.set.join(' ')}` : ''}; load average ${loadavg().map((l) => l.toFixed(1)).join(' ')} on ${availableParallelism()} cores):`);
   let rss512: number | undefined;
   for (const size of [256, 512]) {
     for (const batch of [1, 4]) {

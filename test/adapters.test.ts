@@ -44,7 +44,7 @@ function adapterParams(t: AdapterTable, random: boolean): StateDict {
 /** Masks and IoU of one box prompt on a fixed image; adapters unmerged when `t` is given. */
 function forward(params: StateDict, t?: AdapterTable): Float32Array[] {
   const tfParams = new Map([...params].map(([k, v]) => [k, tf.tensor(v.data, v.shape)]));
-  const ops = new TfOps(tfParams, undefined, t && new Adapters<tf.Tensor>(t.settings, new Set(t.layers)));
+  const ops = new TfOps(tfParams, { adapters: t && new Adapters<tf.Tensor>(t.settings, new Set(t.layers)) });
   const out = tf.tidy(() => {
     const image = tf.randomUniform([1, 64, 64, 3], -1, 1, 'float32', 3);
     const r = new SAM2Base(modelConfig).predictFromBoxes(ops, image, tf.tensor2d([[8, 10, 44, 50]]));
@@ -134,7 +134,7 @@ describe('frozen base weights', () => {
     const weights = merge(base, adapterParams(t, true));
     const grads = (baseTrains: boolean) => {
       const vars = new Map([...weights].map(([k, v]) => [k, tf.variable(tf.tensor(v.data, v.shape), baseTrains || isAdapterParam(k))]));
-      const ops = new TfOps(vars, undefined, new Adapters<tf.Tensor>(t.settings, new Set(t.layers)));
+      const ops = new TfOps(vars, { adapters: new Adapters<tf.Tensor>(t.settings, new Set(t.layers)) });
       const { value, grads: g } = tf.variableGrads(() => {
         const image = tf.randomUniform([1, 64, 64, 3], -1, 1, 'float32', 3);
         const r = new SAM2Base(modelConfig).predictFromBoxes(ops, image, tf.tensor2d([[8, 10, 44, 50]]));

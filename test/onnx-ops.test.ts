@@ -132,6 +132,12 @@ const cases: Case[] = [
     params: { w2: [6, 5, 2, 2], b2: [5], w4: [6, 3, 4, 4] },
     fn: (o, x) => [o.convTranspose2d(x.x, o.param('w2'), o.param('b2'), 2), o.convTranspose2d(x.x, o.param('w4'), undefined, 4)],
   },
+  {
+    name: 'checkpoint (traced inline)',
+    inputs: (b) => ({ x: [b, 2, 4] }),
+    params: { 'blk.weight': [3, 4], 'blk.bias': [3] },
+    fn: (o, x) => o.checkpoint('blk', (b, [h]) => [b.linear(h, b.param('blk.weight'), b.param('blk.bias')), b.relu(h)], [x.x]),
+  },
   { name: 'maxPool2d', inputs: (b) => ({ x: [b, 8, 7, 3] }), fn: (o, x) => [o.maxPool2d(x.x, 2), o.maxPool2d(x.x, 3)] },
   {
     name: 'resizeNearest',

@@ -104,7 +104,7 @@ const BROADCAST_BY_HAND: Record<string, number[][]> = {
 
 const ops = new TfOps(new Map());
 /** a TfOps whose attention chunks over queries (tiny chunk budget) */
-const chunkedOps = new TfOps(new Map(), 3 * 1024);
+const chunkedOps = new TfOps(new Map(), { attentionChunkBytes: 3 * 1024 });
 
 function suite(backend: 'cpu' | 'wasm') {
   describe(`TfOps on ${backend} vs plain tfjs on cpu`, () => {

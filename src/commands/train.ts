@@ -1,6 +1,7 @@
 /**
- * `medtune train --config <yaml> [--out <run-dir>] [--set key=value ...] [--resume auto|<checkpoint>]`:
- * fine-tune SAM2 from a YAML run config (see configs/ and src/train/config.ts).
+ * `medtune train --config <yaml> [--out <run-dir>] [--set key=value ...] [--resume auto|<checkpoint>] [--dry-run]`:
+ * fine-tune SAM2 from a YAML run config (see configs/ and src/train/config.ts), or with --dry-run
+ * measure a step's time and memory and say whether it fits (src/train/dry-run.ts).
  */
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -12,6 +13,7 @@ interface TrainArgs {
   set?: string[];
   resume?: string;
   progress?: boolean;
+  'dry-run'?: boolean;
 }
 
 /** Where the run lives: --out, else the resumed checkpoint's run, else checkpoints/<name> (run outputs live under the git-ignored checkpoints/). */
@@ -41,9 +43,14 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
         describe: "'auto' to continue from <run-dir>/checkpoints/latest, or a checkpoint directory",
       })
       .option('progress', { type: 'boolean', describe: 'progress bar (default: when the output is a terminal)' })
+      .option('dry-run', {
+        type: 'boolean',
+        describe: 'run two steps in a child process, print s/step and peak memory (tfjs, wasm heap, RSS) and whether it fits; train nothing',
+      })
       .example('$0 train --config configs/demo.yaml', 'the demo: minutes on CPU')
       .example('$0 train --config configs/sam2.1-tiny-512.yaml --set train.max_steps=20 --out checkpoints/try', 'a short run')
-      .example('$0 train --config configs/demo.yaml --resume auto', 'continue an interrupted run'),
+      .example('$0 train --config configs/demo.yaml --resume auto', 'continue an interrupted run')
+      .example('$0 train --config configs/sam2.1-tiny-512.yaml --dry-run', 'will it fit? (exit code 1 when not)'),
   handler: async (args) => {
     const { loadConfig, readResolvedConfig, ConfigError } = await import('../train/config.js');
     let config;
@@ -57,6 +64,13 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
       }
       config = readResolvedConfig(from);
       if (args.set?.length) throw new ConfigError('--set needs --config (the overrides apply to a config file)');
+    }
+    if (args['dry-run']) {
+      const { dryRun } = await import('../train/dry-run.js');
+      const result = dryRun(config);
+      for (const line of result.lines) console.log(line);
+      if (!result.fits) process.exitCode = 1;
+      return;
     }
     const runDir = runDirFor(args, config.name);
     const { findCheckpoint } = await import('../train/checkpoint.js');

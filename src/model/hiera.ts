@@ -251,7 +251,7 @@ export class Hiera implements Module {
     x = ops.add(x, this.posEmbed(ops, h, w));
     const outputs: T[] = [];
     for (let i = 0; i < this.blocks.length; i++) {
-      x = this.block(ops, x, i);
+      x = ops.checkpoint(key(this.prefix, `blocks.${i}`), (blockOps, [input]) => [this.block(blockOps, input, i)], [x])[0];
       if (this.stageEnds.includes(i)) outputs.push(x);
     }
     return outputs;

@@ -82,6 +82,13 @@ export interface Ops<T> {
 
   /** Parameter-efficient adapters (LoRA, bottleneck) that the `linear` helpers apply by layer prefix. */
   readonly adapters?: LinearAdapters<T>;
+
+  /**
+   * `block(ops, inputs)`: a module's forward whose parameters all live under `prefix` (and it
+   * reads no other). A training implementation may keep only the inputs and recompute the block in
+   * the backward pass (gradient checkpointing); others simply call it.
+   */
+  checkpoint(prefix: string, block: (ops: Ops<T>, inputs: T[]) => T[], inputs: T[]): T[];
 }
 
 /** Rows [start, start + count) of a linear layer's output: one part of a fused projection. */

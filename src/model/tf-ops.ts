@@ -96,16 +96,36 @@ function batchMatMul(a: tf.Tensor, b: tf.Tensor, transposeA: boolean, transposeB
 /** Attention score tensors above this many bytes are computed in query chunks. */
 const ATTENTION_CHUNK_BYTES = 256 * 1024 * 1024;
 
-/** Runs model code eagerly on TensorFlow.js; parameters come from a name -> tensor map. */
+export interface TfOpsOptions {
+  /** attention score tensors above this many bytes are computed in query chunks */
+  attentionChunkBytes?: number;
+  /** LoRA / bottleneck adapters the `linear` helpers apply */
+  adapters?: LinearAdapters<tf.Tensor>;
+  /** gradient checkpointing of the blocks model code passes to `checkpoint` */
+  checkpointActivations?: boolean;
+}
+
+/**
+ * Runs model code eagerly on TensorFlow.js; parameters come from a name -> tensor map.
+ * With `checkpointActivations`, blocks passed to `checkpoint` keep only their inputs for the
+ * backward pass and run again there.
+ */
 export class TfOps implements Ops<tf.Tensor> {
   /** slices of frozen parameters (e.g. Hiera's q, k, v weight blocks): frozen too */
   private readonly frozenSlices = new WeakSet<tf.Tensor>();
 
+  private readonly attentionChunkBytes: number;
+  readonly adapters?: LinearAdapters<tf.Tensor>;
+  private readonly checkpointActivations: boolean;
+
   constructor(
     private readonly params: ReadonlyMap<string, tf.Tensor>,
-    private readonly attentionChunkBytes = Math.min(ATTENTION_CHUNK_BYTES, Number(tf.env().getFlags().MEDTUNE_MAX_BINDING_BYTES ?? Infinity)),
-    readonly adapters?: LinearAdapters<tf.Tensor>,
-  ) {}
+    options: TfOpsOptions = {},
+  ) {
+    this.attentionChunkBytes = options.attentionChunkBytes ?? Math.min(ATTENTION_CHUNK_BYTES, Number(tf.env().getFlags().MEDTUNE_MAX_BINDING_BYTES ?? Infinity));
+    this.adapters = options.adapters;
+    this.checkpointActivations = options.checkpointActivations ?? false;
+  }
 
   param(name: string): tf.Tensor {
     const p = this.params.get(name);
@@ -308,5 +328,79 @@ export class TfOps implements Ops<tf.Tensor> {
   }
   resizeBilinear(x: tf.Tensor, size: [number, number]) {
     return tf.image.resizeBilinear(x as tf.Tensor4D, size, false, true);
+  }
+
+  /**
+   * Gradient checkpointing: under a gradient tape the block runs as one custom-gradient op whose
+   * forward keeps only its inputs (its own ops are not taped, their tensors freed at once); its
+   * gradient runs the block again under a tape of its own, for the inputs and the block's trained
+   * parameters. Those parameters are passed as explicit inputs of the op: tfjs routes a custom
+   * op's gradients to its inputs only.
+   */
+  checkpoint(prefix: string, block: (ops: Ops<tf.Tensor>, inputs: tf.Tensor[]) => tf.Tensor[], inputs: tf.Tensor[]): tf.Tensor[] {
+    const engine = tf.engine();
+    if (!this.checkpointActivations || engine.state.gradientDepth === 0) return block(this, inputs);
+    const blockOps = new BlockOps(this.params, prefix, { attentionChunkBytes: this.attentionChunkBytes, adapters: this.adapters });
+    const trained = [...this.params]
+      .filter(([name, p]) => name.startsWith(`${prefix}.`) && p instanceof tf.Variable && p.trainable)
+      .map(([, p]) => p);
+    let shapes: number[][] = [];
+    // one output tensor (a custom op has one): several outputs travel flattened and concatenated
+    const pack = (outs: tf.Tensor[]) => {
+      shapes = outs.map((o) => o.shape);
+      return outs.length === 1 ? outs[0] : tf.concat(outs.map((o) => tf.reshape(o, [-1])), 0);
+    };
+    const op = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+      const save = args.pop() as tf.GradSaveFunc;
+      const xs = (args as tf.Tensor[]).slice(0, inputs.length);
+      // the inputs are the outer forward's intermediates, freed when it ends unless saved;
+      // the parameters are variables and stay
+      save(xs);
+      return {
+        value: pack(block(blockOps, xs)),
+        gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+          // the inner gradients() replaces the engine's tape and drops it when done: the outer
+          // backward pass still needs it at its end (to free its saved tensors)
+          const outerTape = engine.state.activeTape;
+          try {
+            const { value, grads } = engine.gradients(() => pack(block(blockOps, saved)), [...saved, ...trained], dy, true);
+            value.dispose();
+            return grads.map((g, i) => g ?? tf.zerosLike(i < saved.length ? saved[i] : trained[i - saved.length]));
+          } finally {
+            engine.state.activeTape = outerTape;
+          }
+        },
+      };
+    });
+    const packed = op(...inputs, ...trained);
+    if (shapes.length === 1) return [packed];
+    const outs = tf.tidy(() => {
+      let offset = 0;
+      return shapes.map((shape) => {
+        const size = shape.reduce((a, b) => a * b, 1);
+        const out = tf.reshape(tf.slice(packed, [offset], [size]), shape);
+        offset += size;
+        return out;
+      });
+    });
+    packed.dispose();
+    return outs;
+  }
+}
+
+/** The ops a checkpointed block runs on: it may read only its own module's parameters. */
+class BlockOps extends TfOps {
+  constructor(
+    params: ReadonlyMap<string, tf.Tensor>,
+    private readonly prefix: string,
+    options: TfOpsOptions,
+  ) {
+    super(params, options);
+  }
+
+  override param(name: string): tf.Tensor {
+    // a parameter from outside would get no gradient through the recomputation
+    if (!name.startsWith(`${this.prefix}.`)) throw new Error(`checkpointed block '${this.prefix}' reads parameter '${name}' from outside its module`);
+    return super.param(name);
   }
 }

@@ -183,7 +183,9 @@ export class TwoWayTransformer implements Module {
 
     let queries = pointEmbedding;
     let keys = imageTokens;
-    for (const layer of this.layers) [queries, keys] = layer.forward(ops, queries, keys, pointEmbedding, pe);
+    for (const layer of this.layers) {
+      [queries, keys] = ops.checkpoint(layer.prefix, (layerOps, [q, k, qPe, kPe]) => layer.forward(layerOps, q, k, qPe, kPe), [queries, keys, pointEmbedding, pe]);
+    }
 
     const q = ops.add(queries, pointEmbedding);
     const k = ops.add(keys, pe);

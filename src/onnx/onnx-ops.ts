@@ -220,6 +220,11 @@ export class OnnxOps implements Ops<OnnxValue> {
 
   // ---- Ops<OnnxValue> ------------------------------------------------------------------------
 
+  /** A graph holds no activations for a backward pass: the block is traced inline. */
+  checkpoint(_prefix: string, block: (ops: Ops<OnnxValue>, inputs: OnnxValue[]) => OnnxValue[], inputs: OnnxValue[]): OnnxValue[] {
+    return block(this, inputs);
+  }
+
   param(name: string): OnnxValue {
     const cached = this.paramValues.get(name);
     if (cached) return cached;

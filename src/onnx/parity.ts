@@ -154,7 +154,7 @@ export async function runParity(
   const { S, h, C, Cm } = geometry(config);
   const tfParams = new Map([...params].map(([k, v]) => [k, tf.tensor(v.data, v.shape)]));
   const adapters = opts.adapters && new Adapters<tf.Tensor>(opts.adapters.settings, new Set(opts.adapters.layers));
-  const ops = new TfOps(tfParams, undefined, adapters);
+  const ops = new TfOps(tfParams, { adapters });
   const entries: ParityEntry[] = [];
   const sessions = new Map<GraphKey, ort.InferenceSession>();
   const session = async (key: GraphKey) => {

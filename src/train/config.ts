@@ -127,6 +127,8 @@ const TrainSchema = z.strictObject({
   warmup_steps: z.number().int().nonnegative().default(0),
   /** lr at the end of the cosine; equal to lr for a constant schedule */
   min_lr: nonNegative.default(0),
+  /** recompute each Hiera block and two-way transformer layer in the backward pass instead of keeping its activations: less memory, about one more forward per step */
+  checkpoint_activations: z.boolean().default(false),
   /** clip gradients to this global L2 norm; null: no clipping */
   grad_clip: z.number().positive().nullable().default(null),
   /** dice_bce: the seed recipe (Dice + BCE, weighted below); sam2: SAM2's own loss (focal 20, Dice, IoU, object score) */

@@ -92,7 +92,8 @@ export function setupModel(config: TrainConfig, runDir: string, resume: string |
   if (resumed) optimizer.loadState(resumed.optimizer);
   const keyOfVar = new Map([...trainable].map(([k, v]) => [v.name, k]));
   const adapter = planned && adapterRun(planned, config, resumed?.adapter);
-  return { modelConfig, model, ops: new TfOps(params, undefined, adapter?.adapters), params, trainable, keyOfVar, optimizer, resumed, adapter };
+  const ops = new TfOps(params, { adapters: adapter?.adapters, checkpointActivations: t.checkpoint_activations });
+  return { modelConfig, model, ops, params, trainable, keyOfVar, optimizer, resumed, adapter };
 }
 
 export interface DataSetup {

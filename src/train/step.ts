@@ -105,10 +105,14 @@ export function forwardRounds(run: Pick<ModelSetup, 'model' | 'ops'>, embeddings
  */
 export function explainStepFailure(err: unknown, step: number, imageSize: number, t: TrainConfig['train'], runDir: string): unknown {
   if (!(err instanceof WebAssembly.RuntimeError && tf.getBackend() === 'wasm')) return err;
+  const remedies = [
+    ...(t.checkpoint_activations ? [] : ['set train.checkpoint_activations: true']),
+    ...(t.batch_size > 1 ? ['lower train.batch_size (raise train.grad_accum to keep the effective batch)'] : []),
+    'use backend cpu or tensorflow',
+  ];
   return new Error(
     `the wasm backend failed during step ${step + 1} (${err.message}): its 4 GiB heap is too small for image size ` +
-      `${imageSize} with batch ${t.batch_size}. ` +
-      (t.batch_size > 1 ? 'Lower train.batch_size (raise train.grad_accum to keep the effective batch) or use' : 'Use') +
-      ` backend cpu or tensorflow. The last checkpoint stays in ${join(runDir, 'checkpoints')}.`,
+      `${imageSize} with batch ${t.batch_size}. To fix: ${remedies.join(', or ')} (medtune train --dry-run checks a config before training). ` +
+      `The last checkpoint stays in ${join(runDir, 'checkpoints')}.`,
   );
 }
