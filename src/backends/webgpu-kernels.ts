@@ -3,11 +3,12 @@
  * `maxStorageBuffersPerShaderStage` storage buffers (8 by default, 16 on lavapipe): tfjs's AddN binds
  * one per input, so an addN over more tensors (the ~281 gradient norms of clipGradNorm) is summed
  * here in chunks. (Concat, and Pack through it, chunk already in tfjs.) Also the fused LayerNorm
- * (webgpu-layer-norm.ts).
+ * (webgpu-layer-norm.ts), and matrix products for software adapters (webgpu-matmul.ts).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { registerLayerNormKernels } from './webgpu-layer-norm.js';
+import { matMulKernels } from './webgpu-matmul.js';
 
 /** tfjs's kernels that ours replaced, by kernel name. */
 const tfjsKernels = new Map<string, tf.KernelConfig>();
@@ -48,5 +49,6 @@ function chunkedAddN(args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo {
 /** Registers medtune's webgpu kernels; idempotent. */
 export function registerWebgpuKernels(): void {
   replaceKernel(tf.AddN, chunkedAddN);
+  for (const [name, kernelFunc] of matMulKernels((n) => tfjsWebgpuKernel(n).kernelFunc)) replaceKernel(name, kernelFunc);
   registerLayerNormKernels();
 }
