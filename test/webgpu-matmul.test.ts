@@ -30,6 +30,7 @@ const CASES: Case[] = [
   { a: [2, 5, 7], b: [2, 6, 7], transposeB: true },
   { a: [2, 2, 9, 5], b: [2, 2, 6, 9], transposeA: true, transposeB: true },
   { a: [70, 33], b: [33, 45] },
+  { a: [2, 3, 20], b: [2, 20, 130] },
   { a: [37, 19], b: [19, 1] },
   { a: [5, 1000], b: [1000, 3] },
   { a: [4, 9, 3], b: [1, 3, 10], valueOnly: true },

@@ -2,17 +2,19 @@
  * BatchMatMul and _FusedMatMul for the 'webgpu' backend on software adapters (Mesa's llvmpipe /
  * lavapipe, SwiftShader). llvmpipe runs a workgroup on one CPU thread with its invocations as the
  * lanes of SIMD registers, so tfjs's tiled kernel (shared-memory tiles, a barrier per tile) spends
- * its time switching between invocations at barriers. Here a workgroup is one SIMD batch of lanes
- * over adjacent output columns, with no shared memory: each lane keeps ROWS x 4 outputs in
- * registers, and the ROWS left-operand values of a step are the same for every lane of the
- * workgroup (uniform loads, one scalar load each), so a step costs 4 lane-wise loads for 4*ROWS
- * multiply-adds. GPUs keep tfjs's own kernels (`matMulKernels`).
+ * its time switching between invocations at barriers. And every load from a buffer (or from
+ * workgroup memory) is a loop over the lanes with a bounds check each, measured ~10x the cost of a
+ * multiply-add, whatever the addresses. So here a workgroup is one SIMD batch of lanes with no
+ * shared memory, and each lane keeps a TILE_M x TILE_N block of outputs in registers: a step over
+ * K loads TILE_M + TILE_N values for TILE_M * TILE_N multiply-adds (8x8 measured best of 4x4,
+ * 8x8 and 16x8; 4x4 took 1.5-2.5x the time). GPUs keep tfjs's own kernels (`matMulKernels`).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 
-/** Output rows per workgroup (each lane: ROWS x 4 accumulators). */
-const ROWS = 4;
+/** Outputs per lane: TILE_M rows x TILE_N columns (a multiple of 4). */
+const TILE_M = 8;
+const TILE_N = 8;
 /** Lanes per workgroup: llvmpipe's SIMD width for f32 on AVX2 (256-bit). */
 const LANES = 8;
 
@@ -31,6 +33,8 @@ class SoftwareMatMulProgram {
   dispatch: [number, number, number];
   workgroupSize: [number, number, number] = [LANES, 1, 1];
   shaderKey: string;
+  /** lanes of a workgroup along the output columns (the rest along the rows) */
+  private lanesN: number;
 
   constructor(
     batch: number,
@@ -43,17 +47,22 @@ class SoftwareMatMulProgram {
   ) {
     this.outputShape = [batch, m, n];
     this.variableNames = hasBias ? ['A', 'B', 'bias'] : ['A', 'B'];
-    this.dispatch = [Math.ceil(n / (4 * LANES)), Math.ceil(m / ROWS), batch];
-    this.shaderKey = `medtune_sw_matmul_${ROWS}_${LANES}_${transposeA}_${transposeB}_${hasBias}_${activation}`;
+    // as many lanes along N as its tiles fill (a power of two), the rest along M
+    this.lanesN = Math.min(LANES, 2 ** Math.floor(Math.log2(Math.max(1, Math.ceil(n / TILE_N)))));
+    const lanesM = LANES / this.lanesN;
+    this.dispatch = [Math.ceil(n / (TILE_N * this.lanesN)), Math.ceil(m / (TILE_M * lanesM)), batch];
+    this.shaderKey = `medtune_sw_matmul_${TILE_M}x${TILE_N}_${this.lanesN}_${transposeA}_${transposeB}_${hasBias}_${activation}`;
   }
 
   getUserCode(): string {
-    const rows = [...Array(ROWS).keys()];
+    const rows = [...Array(TILE_M).keys()];
+    const quads = [...Array(TILE_N / 4).keys()];
     // operand layouts: A (batch, M, K) or (batch, K, M); B (batch, K, N) or (batch, N, K)
-    const aAt = (r: string) => (this.transposeA ? `A[aBase + k * uniforms.M + ${r}]` : `A[aBase + ${r} * uniforms.K + k]`);
-    const bAt = (c: string) => (this.transposeB ? `B[bBase + ${c} * uniforms.K + k]` : `B[bBase + k * uniforms.N + ${c}]`);
-    const bias = this.hasBias ? ' + vec4<f32>(bias[c0], bias[c1], bias[c2], bias[c3])' : '';
+    const aAt = (r: number) => (this.transposeA ? `A[aBase + k * uniforms.M + r${r}]` : `A[aBase + r${r} * uniforms.K + k]`);
+    const bAt = (c: number) => (this.transposeB ? `B[bBase + c${c} * uniforms.K + k]` : `B[bBase + k * uniforms.N + c${c}]`);
+    const quad = (f: (c: number) => string, q: number) => `vec4<f32>(${[0, 1, 2, 3].map((j) => f(4 * q + j)).join(', ')})`;
     const act = ACTIVATIONS[this.activation];
+    const lanesM = LANES / this.lanesN;
     return `
       fn main() {
         let M = uniforms.M;
@@ -62,28 +71,34 @@ class SoftwareMatMulProgram {
         // a batch of one broadcasts
         let aBase = select(batch, 0, uniforms.aShape.x == 1) * M * uniforms.K;
         let bBase = select(batch, 0, uniforms.bShape.x == 1) * uniforms.K * N;
-        let row0 = i32(workgroupId.y) * ${ROWS};
-        let col = (i32(workgroupId.x) * ${LANES} + i32(localId.x)) * 4;
+        let lane = i32(localId.x);
+        let row0 = (i32(workgroupId.y) * ${lanesM} + lane / ${this.lanesN}) * ${TILE_M};
+        let col0 = (i32(workgroupId.x) * ${this.lanesN} + lane % ${this.lanesN}) * ${TILE_N};
         // out-of-range rows and columns read the last valid one and are not written
         ${rows.map((i) => `let r${i} = min(row0 + ${i}, M - 1);`).join(' ')}
-        let c0 = min(col, N - 1);
-        let c1 = min(col + 1, N - 1);
-        let c2 = min(col + 2, N - 1);
-        let c3 = min(col + 3, N - 1);
-        ${rows.map((i) => `var acc${i} = vec4<f32>(0.0);`).join(' ')}
+        ${[...Array(TILE_N).keys()].map((j) => `let c${j} = min(col0 + ${j}, N - 1);`).join(' ')}
+        ${rows.map((i) => quads.map((q) => `var acc${i}_${q} = vec4<f32>(0.0);`).join(' ')).join(' ')}
         for (var k = 0; k < uniforms.K; k++) {
-          let b = vec4<f32>(${bAt('c0')}, ${bAt('c1')}, ${bAt('c2')}, ${bAt('c3')});
-          ${rows.map((i) => `acc${i} = fma(vec4<f32>(${aAt(`r${i}`)}), b, acc${i});`).join('\n          ')}
+          ${quads.map((q) => `let b${q} = ${quad(bAt, q)};`).join(' ')}
+          ${rows.map((i) => `let a${i} = vec4<f32>(${aAt(i)});`).join(' ')}
+          ${rows.map((i) => quads.map((q) => `acc${i}_${q} = fma(a${i}, b${q}, acc${i}_${q});`).join(' ')).join('\n          ')}
         }
+        ${this.hasBias ? quads.map((q) => `let bias${q} = ${quad((c) => `bias[c${c}]`, q)};`).join(' ') : ''}
         ${rows
           .map(
             (i) => `
         if (row0 + ${i} < M) {
-          let v = ${act(`acc${i}${bias}`)};
-          let base = (batch * M + row0 + ${i}) * N + col;
-          for (var j = 0; j < 4; j++) {
-            if (col + j < N) { result[base + j] = v[j]; }
-          }
+          let base = (batch * M + row0 + ${i}) * N + col0;
+          ${quads
+            .map(
+              (q) => `{
+            let v = ${act(`acc${i}_${q}${this.hasBias ? ` + bias${q}` : ''}`)};
+            for (var j = 0; j < 4; j++) {
+              if (col0 + ${4 * q} + j < N) { result[base + ${4 * q} + j] = v[j]; }
+            }
+          }`,
+            )
+            .join(' ')}
         }`,
           )
           .join('')}
