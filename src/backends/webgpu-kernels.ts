@@ -3,12 +3,14 @@
  * `maxStorageBuffersPerShaderStage` storage buffers (8 by default, 16 on lavapipe): tfjs's AddN binds
  * one per input, so an addN over more tensors (the ~281 gradient norms of clipGradNorm) is summed
  * here in chunks. (Concat, and Pack through it, chunk already in tfjs.) Also the fused LayerNorm
- * (webgpu-layer-norm.ts), and matrix products for software adapters (webgpu-matmul.ts).
+ * (webgpu-layer-norm.ts), and for software adapters (lavapipe) matrix products, softmax and sums
+ * (webgpu-matmul.ts, webgpu-rows.ts).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { registerLayerNormKernels } from './webgpu-layer-norm.js';
-import { matMulKernels } from './webgpu-matmul.js';
+import { matMulKernels, type SoftwareKernel } from './webgpu-matmul.js';
+import { rowKernels } from './webgpu-rows.js';
 
 /** tfjs's kernels that ours replaced, by kernel name. */
 const tfjsKernels = new Map<string, tf.KernelConfig>();
@@ -46,9 +48,18 @@ function chunkedAddN(args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo {
   return sum;
 }
 
+/** `ours` on a software adapter (CheckedWebGPUBackend.softwareAdapter), tfjs's kernel elsewhere or where ours declines. */
+function onSoftwareAdapter(name: string, ours: SoftwareKernel): tf.KernelFunc {
+  const tfjs = tfjsWebgpuKernel(name).kernelFunc;
+  return (args) => {
+    const backend = args.backend as WebGPUBackend & { softwareAdapter?: boolean };
+    return (backend.softwareAdapter ? ours(args, backend) : null) ?? (tfjs(args) as tf.TensorInfo);
+  };
+}
+
 /** Registers medtune's webgpu kernels; idempotent. */
 export function registerWebgpuKernels(): void {
   replaceKernel(tf.AddN, chunkedAddN);
-  for (const [name, kernelFunc] of matMulKernels((n) => tfjsWebgpuKernel(n).kernelFunc)) replaceKernel(name, kernelFunc);
+  for (const [name, ours] of [...matMulKernels, ...rowKernels]) replaceKernel(name, onSoftwareAdapter(name, ours));
   registerLayerNormKernels();
 }

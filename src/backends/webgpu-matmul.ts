@@ -7,7 +7,7 @@
  * multiply-add, whatever the addresses. So here a workgroup is one SIMD batch of lanes with no
  * shared memory, and each lane keeps a TILE_M x TILE_N block of outputs in registers: a step over
  * K loads TILE_M + TILE_N values for TILE_M * TILE_N multiply-adds (8x8 measured best of 4x4,
- * 8x8 and 16x8; 4x4 took 1.5-2.5x the time). GPUs keep tfjs's own kernels (`matMulKernels`).
+ * 8x8 and 16x8; 4x4 took 1.5-2.5x the time). GPUs keep tfjs's own kernels (webgpu-kernels.ts).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
@@ -150,27 +150,26 @@ export function softwareMatMul(backend: WebGPUBackend, args: MatMulArgs): tf.Ten
   return { dataId: out.dataId, shape: outShape, dtype: 'float32' };
 }
 
-/** The BatchMatMul and _FusedMatMul kernels: ours on a software adapter, else (or when ours declines) tfjs's `fallback`. */
-export function matMulKernels(fallback: (name: string) => tf.KernelFunc): Array<[string, tf.KernelFunc]> {
-  const onSoftware = (name: string, args: (a: Parameters<tf.KernelFunc>[0]) => MatMulArgs | null): [string, tf.KernelFunc] => [
-    name,
-    (a) => {
-      const backend = a.backend as WebGPUBackend & { softwareAdapter?: boolean };
-      const mm = backend.softwareAdapter ? args(a) : null;
-      return (mm && softwareMatMul(backend, mm)) ?? (fallback(name)(a) as tf.TensorInfo);
-    },
-  ];
-  return [
-    onSoftware(tf.BatchMatMul, ({ inputs, attrs }) => {
+/** A kernel for software adapters: its output, or null where tfjs's kernel must run instead. */
+export type SoftwareKernel = (args: Parameters<tf.KernelFunc>[0], backend: WebGPUBackend) => tf.TensorInfo | null;
+
+/** BatchMatMul and _FusedMatMul on a software adapter, by kernel name. */
+export const matMulKernels: Array<[string, SoftwareKernel]> = [
+  [
+    tf.BatchMatMul,
+    ({ inputs, attrs }, backend) => {
       const { a, b } = inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
       const { transposeA, transposeB } = attrs as unknown as tf.BatchMatMulAttrs;
-      return { a, b, transposeA, transposeB };
-    }),
-    onSoftware(tf._FusedMatMul, ({ inputs, attrs }) => {
+      return softwareMatMul(backend, { a, b, transposeA, transposeB });
+    },
+  ],
+  [
+    tf._FusedMatMul,
+    ({ inputs, attrs }, backend) => {
       const { a, b, bias, preluActivationWeights } = inputs as Record<string, tf.TensorInfo | undefined>;
       const { transposeA, transposeB, activation } = attrs as unknown as tf._FusedMatMulAttrs;
       if (preluActivationWeights || !(activation in ACTIVATIONS)) return null;
-      return { a: a!, b: b!, transposeA, transposeB, bias, activation: activation as FusedActivation };
-    }),
-  ];
-}
+      return softwareMatMul(backend, { a: a!, b: b!, transposeA, transposeB, bias, activation: activation as FusedActivation });
+    },
+  ],
+];
