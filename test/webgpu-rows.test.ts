@@ -1,7 +1,8 @@
 /**
- * The software-adapter Softmax and Sum (src/backends/webgpu-rows.ts) against tfjs on the cpu
- * backend: values and gradients, large logits, reductions over trailing and leading axes (ours)
- * and over a middle axis (tfjs's kernel). On a software adapter (lavapipe) ours must have run where
+ * The software-adapter Softmax, Sum and matrix Transpose (src/backends/webgpu-rows.ts,
+ * webgpu-transpose.ts) against tfjs on the cpu backend: values and gradients, large logits,
+ * reductions over trailing and leading axes (ours) and over a middle axis (tfjs's kernel), a 2-D
+ * transpose (ours) and a 3-D one (tfjs's). On a software adapter (lavapipe) ours must have run where
  * it applies. Without an adapter these skip, and fail when CI is set.
  */
 import * as tf from '@tensorflow/tfjs-core';
@@ -30,6 +31,8 @@ const CASES: Case[] = [
   { name: 'sum over leading axes, kept [3,4,5,6]', shape: [3, 4, 5, 6], op: (x) => tf.sum(x, [0, 1, 2], true), ours: 'medtune_sw_column_sum' },
   { name: 'sum of everything [7,9]', shape: [7, 9], op: (x) => tf.sum(x), ours: 'medtune_sw_row_sum' },
   { name: 'sum over a middle axis [3,4,5]', shape: [3, 4, 5], op: (x) => tf.sum(x, 1), ours: null },
+  { name: 'transpose [37,5]', shape: [37, 5], op: (x) => tf.transpose(x), ours: 'medtune_sw_transpose2d' },
+  { name: 'transpose [3,4,5] to [2,0,1]', shape: [3, 4, 5], op: (x) => tf.transpose(x, [2, 0, 1]), ours: null },
 ];
 
 /** op(x) and d(sum(op(x) * r))/dx. */
@@ -43,13 +46,13 @@ async function valueAndGrad(c: Case): Promise<Float32Array[]> {
   return out;
 }
 
-describe.runIf(!gpu.run && process.env.CI)('webgpu softmax and sum (CI)', () => {
+describe.runIf(!gpu.run && process.env.CI)('webgpu softmax, sum and transpose (CI)', () => {
   it('has a WebGPU adapter', () => {
     throw new Error(gpu.reason);
   });
 });
 
-describe.runIf(gpu.run)('webgpu softmax and sum', () => {
+describe.runIf(gpu.run)('webgpu softmax, sum and transpose', () => {
   for (const c of CASES) {
     it(`matches tfjs on cpu, value and gradient: ${c.name}`, async () => {
       await selectBackend('cpu', { quiet: true });

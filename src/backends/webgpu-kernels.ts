@@ -3,14 +3,15 @@
  * `maxStorageBuffersPerShaderStage` storage buffers (8 by default, 16 on lavapipe): tfjs's AddN binds
  * one per input, so an addN over more tensors (the ~281 gradient norms of clipGradNorm) is summed
  * here in chunks. (Concat, and Pack through it, chunk already in tfjs.) Also the fused LayerNorm
- * (webgpu-layer-norm.ts), and for software adapters (lavapipe) matrix products, softmax and sums
- * (webgpu-matmul.ts, webgpu-rows.ts).
+ * (webgpu-layer-norm.ts), and for software adapters (lavapipe) matrix products, softmax, sums and
+ * matrix transposes (webgpu-matmul.ts, webgpu-rows.ts, webgpu-transpose.ts).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { registerLayerNormKernels } from './webgpu-layer-norm.js';
 import { matMulKernels, type SoftwareKernel } from './webgpu-matmul.js';
 import { rowKernels } from './webgpu-rows.js';
+import { transposeKernels } from './webgpu-transpose.js';
 
 /** tfjs's kernels that ours replaced, by kernel name. */
 const tfjsKernels = new Map<string, tf.KernelConfig>();
@@ -60,6 +61,6 @@ function onSoftwareAdapter(name: string, ours: SoftwareKernel): tf.KernelFunc {
 /** Registers medtune's webgpu kernels; idempotent. */
 export function registerWebgpuKernels(): void {
   replaceKernel(tf.AddN, chunkedAddN);
-  for (const [name, ours] of [...matMulKernels, ...rowKernels]) replaceKernel(name, onSoftwareAdapter(name, ours));
+  for (const [name, ours] of [...matMulKernels, ...rowKernels, ...transposeKernels]) replaceKernel(name, onSoftwareAdapter(name, ours));
   registerLayerNormKernels();
 }
