@@ -6,8 +6,9 @@
  * workgroup memory) is a loop over the lanes with a bounds check each, measured ~10x the cost of a
  * multiply-add, whatever the addresses. So here a workgroup is one SIMD batch of lanes with no
  * shared memory, and each lane keeps a TILE_M x TILE_N block of outputs in registers: a step over
- * K loads TILE_M + TILE_N values for TILE_M * TILE_N multiply-adds (8x8 measured best of 4x4,
- * 8x8 and 16x8; 4x4 took 1.5-2.5x the time). GPUs keep tfjs's own kernels (webgpu-kernels.ts).
+ * K loads TILE_M + TILE_N values for TILE_M * TILE_N multiply-adds. 8x8 measured best in CPU time
+ * of 4x4 (1.5-2.5x slower), 8x8, 16x8, 8x16 and 16x16 (larger blocks spill registers and gain
+ * nothing): ~4 GFLOP/s per core. GPUs keep tfjs's own kernels (webgpu-kernels.ts).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
