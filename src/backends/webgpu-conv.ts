@@ -8,7 +8,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
-import { softwareMatMul, type SoftwareKernel } from './webgpu-matmul.js';
+import { allFloat, softwareMatMul, type SoftwareKernel } from './webgpu-matmul.js';
 
 const WORKGROUP = 64;
 
@@ -65,7 +65,7 @@ interface ConvAttrs {
 /** The patch matrix of x for a filter of `filterShape` (kh, kw, inC, outC), or null where ours does not apply. */
 function patches(backend: WebGPUBackend, x: tf.TensorInfo, filterShape: number[], attrs: ConvAttrs): { patches: tf.TensorInfo; outShape: number[] } | null {
   const { strides, pad, dataFormat, dilations = 1, dimRoundingMode } = attrs;
-  if (x.dtype !== 'float32' || dataFormat !== 'NHWC') return null;
+  if (!allFloat(backend, x) || dataFormat !== 'NHWC') return null;
   if ((Array.isArray(dilations) ? dilations : [dilations, dilations]).some((d) => d !== 1)) return null;
   const info = tf.backend_util.computeConv2DInfo(
     x.shape as [number, number, number, number],
@@ -95,7 +95,7 @@ export const convKernels: Array<[string, SoftwareKernel]> = [
     tf.Conv2D,
     ({ inputs, attrs }, backend) => {
       const { x, filter } = inputs as { x: tf.TensorInfo; filter: tf.TensorInfo };
-      if (filter.dtype !== 'float32') return null;
+      if (!allFloat(backend, filter)) return null;
       const p = patches(backend, x, filter.shape, attrs as unknown as ConvAttrs);
       if (!p) return null;
       const [kh, kw, inC, outC] = filter.shape;
@@ -109,7 +109,7 @@ export const convKernels: Array<[string, SoftwareKernel]> = [
     ({ inputs, attrs }, backend) => {
       const { x, dy } = inputs as { x: tf.TensorInfo; dy: tf.TensorInfo };
       const { filterShape } = attrs as unknown as tf.Conv2DBackpropFilterAttrs;
-      if (dy.dtype !== 'float32') return null;
+      if (!allFloat(backend, dy)) return null;
       const p = patches(backend, x, filterShape, attrs as unknown as ConvAttrs);
       if (!p) return null;
       const rows = p.patches.shape[0];

@@ -107,6 +107,14 @@ class SoftwareMatMulProgram {
   }
 }
 
+/**
+ * Whether the tensors' buffers hold f32. The shader's bindings take the buffer's dtype, which can
+ * differ from a TensorInfo's (tfjs casts bool to int32, for one, by sharing the buffer).
+ */
+export function allFloat(backend: WebGPUBackend, ...tensors: tf.TensorInfo[]): boolean {
+  return tensors.every((t) => t.dtype === 'float32' && backend.tensorMap.get(t.dataId)?.dtype === 'float32');
+}
+
 export interface MatMulArgs {
   a: tf.TensorInfo;
   b: tf.TensorInfo;
@@ -120,8 +128,8 @@ export interface MatMulArgs {
 export function softwareMatMul(backend: WebGPUBackend, args: MatMulArgs): tf.TensorInfo | null {
   const { a, b, transposeA, transposeB, bias } = args;
   const activation = args.activation ?? 'linear';
-  if (a.dtype !== 'float32' || b.dtype !== 'float32' || !(activation in ACTIVATIONS)) return null;
-  if (bias && (bias.dtype !== 'float32' || bias.shape.length !== 1)) return null;
+  if (!allFloat(backend, a, b, ...(bias ? [bias] : [])) || !(activation in ACTIVATIONS)) return null;
+  if (bias && bias.shape.length !== 1) return null;
   const ra = a.shape.length;
   const rb = b.shape.length;
   const m = transposeA ? a.shape[ra - 1] : a.shape[ra - 2];

@@ -8,7 +8,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
-import type { SoftwareKernel } from './webgpu-matmul.js';
+import { allFloat, type SoftwareKernel } from './webgpu-matmul.js';
 
 const WORKGROUP = 64;
 
@@ -83,7 +83,7 @@ const COLUMN_SUM = `
 
 export function softwareSoftmax(backend: WebGPUBackend, logits: tf.TensorInfo, dim: number): tf.TensorInfo | null {
   const rank = logits.shape.length;
-  if (logits.dtype !== 'float32' || rank === 0 || (dim !== -1 && dim !== rank - 1)) return null;
+  if (!allFloat(backend, logits) || rank === 0 || (dim !== -1 && dim !== rank - 1)) return null;
   const length = logits.shape[rank - 1];
   const lines = tf.util.sizeFromShape(logits.shape) / length;
   if (lines === 0 || length === 0) return null;
@@ -91,7 +91,7 @@ export function softwareSoftmax(backend: WebGPUBackend, logits: tf.TensorInfo, d
 }
 
 export function softwareSum(backend: WebGPUBackend, x: tf.TensorInfo, axis: number | number[], keepDims: boolean): tf.TensorInfo | null {
-  if (x.dtype !== 'float32' || x.shape.length === 0) return null;
+  if (!allFloat(backend, x) || x.shape.length === 0) return null;
   const axes = tf.util.parseAxisParam(axis, x.shape).sort((p, q) => p - q);
   const rank = x.shape.length;
   const trailing = axes.every((a, i) => a === rank - axes.length + i);

@@ -7,7 +7,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
-import type { SoftwareKernel } from './webgpu-matmul.js';
+import { allFloat, type SoftwareKernel } from './webgpu-matmul.js';
 
 const WORKGROUP = 64;
 
@@ -45,7 +45,7 @@ export const transposeKernels: Array<[string, SoftwareKernel]> = [
     ({ inputs, attrs }, backend: WebGPUBackend) => {
       const x = inputs.x as tf.TensorInfo;
       const { perm } = attrs as unknown as tf.TransposeAttrs;
-      if (x.shape.length !== 2 || perm[0] !== 1 || x.dtype !== 'float32' || tf.util.sizeFromShape(x.shape) === 0) return null;
+      if (x.shape.length !== 2 || perm[0] !== 1 || !allFloat(backend, x) || tf.util.sizeFromShape(x.shape) === 0) return null;
       return backend.runWebGPUProgram(new Transpose2dProgram(x.shape[0], x.shape[1]) as never, [x], 'float32');
     },
   ],
