@@ -1,9 +1,11 @@
 /**
  * The webgpu section of `npm run bench -- --backend webgpu --only webgpu` (also runs on another
- * backend, for comparison): the demo model
- * (configs/demo.yaml: reduced SAM2.1 @128) or a preset at a size and batch, forward and training-step
- * (forward+backward+AdamW) img/s with asynchronous readback, peak GPU buffers, programs dispatched and bytes written per step, and GPU time by op class
- * from one profiled forward+backward (timestamp queries through tf.profile).
+ * backend, for comparison): the demo model (configs/demo.yaml: reduced SAM2.1 @128) or a preset at
+ * a size and batch, forward and training-step (forward+backward+AdamW) img/s with asynchronous
+ * readback, the process's CPU time per step (on lavapipe the adapter's threads are this process's,
+ * so it compares runs on a loaded machine), peak GPU buffers, programs dispatched and bytes written
+ * per step, and GPU time by op class, by kernel and by kernel and input shapes from one profiled
+ * forward+backward (timestamp queries through tf.profile).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { CheckedWebGPUBackend } from '../src/backends/webgpu-checked.js';
