@@ -1,9 +1,11 @@
 /**
  * The webgpu section of `npm run bench -- --backend webgpu --only webgpu` (also runs on another
- * backend, for comparison): the demo model
- * (configs/demo.yaml: reduced SAM2.1 @128) or a preset at a size and batch, forward and training-step
- * (forward+backward+AdamW) img/s with asynchronous readback, peak GPU buffers, programs dispatched and bytes written per step, and GPU time by op class
- * from one profiled forward+backward (timestamp queries through tf.profile).
+ * backend, for comparison): the demo model (configs/demo.yaml: reduced SAM2.1 @128) or a preset at
+ * a size and batch, forward and training-step (forward+backward+AdamW) img/s with asynchronous
+ * readback, the process's CPU time per step (on lavapipe the adapter's threads are this process's,
+ * so it compares runs on a loaded machine), peak GPU buffers, programs dispatched and bytes written
+ * per step, and GPU time by op class, by kernel and by kernel and input shapes from one profiled
+ * forward+backward (timestamp queries through tf.profile).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { CheckedWebGPUBackend } from '../src/backends/webgpu-checked.js';
@@ -83,10 +85,14 @@ export async function benchWebgpu(opts: WebgpuBenchOptions): Promise<void> {
     for (let i = 0; i < opts.warmup; i++) await fn();
     const { dispatches, bytesWritten } = counters;
     const t0 = performance.now();
+    const cpu0 = process.cpuUsage();
     for (let i = 0; i < opts.iters; i++) await fn();
     const ms = (performance.now() - t0) / opts.iters;
+    const cpu = process.cpuUsage(cpu0);
     return {
       ms,
+      // this process's CPU time, the software adapter's threads included: less sensitive to a loaded machine
+      cpuMs: (cpu.user + cpu.system) / 1000 / opts.iters,
       imgPerSec: (1000 * B) / ms,
       dispatches: (counters.dispatches - dispatches) / opts.iters,
       mib: (counters.bytesWritten - bytesWritten) / opts.iters / 2 ** 20,
@@ -94,7 +100,7 @@ export async function benchWebgpu(opts: WebgpuBenchOptions): Promise<void> {
   };
   const line = (what: string, r: Awaited<ReturnType<typeof timed>>) =>
     opts.log(
-      `${tf.getBackend()} ${opts.model} @${size} batch ${B}, ${what}: ${r.imgPerSec.toPrecision(3)} img/s (${r.ms.toFixed(0)} ms/step)` +
+      `${tf.getBackend()} ${opts.model} @${size} batch ${B}, ${what}: ${r.imgPerSec.toPrecision(3)} img/s (${r.ms.toFixed(0)} ms/step, CPU ${r.cpuMs.toFixed(0)} ms/step)` +
         (Number.isNaN(r.dispatches) ? '' : `, ${r.dispatches.toFixed(0)} dispatches, ${r.mib.toFixed(0)} MiB written per step`),
     );
   line('forward', await timed(forward));
@@ -105,11 +111,13 @@ export async function benchWebgpu(opts: WebgpuBenchOptions): Promise<void> {
   const profile = await tf.profile(trainStep);
   const byClass = new Map<string, { ms: number; n: number }>();
   const byKernel = new Map<string, { ms: number; n: number }>();
+  const byShape = new Map<string, { ms: number; n: number }>();
   let total = 0;
   for (const k of profile.kernels) {
     const ms = Number(k.kernelTimeMs) || 0;
     total += ms;
-    for (const [map, key] of [[byClass, opClass(k.name)], [byKernel, k.name]] as const) {
+    const shapes = `${k.name} ${k.inputShapes.map((s) => `[${s}]`).join(' ')}`;
+    for (const [map, key] of [[byClass, opClass(k.name)], [byKernel, k.name], [byShape, shapes]] as const) {
       const e = map.get(key) ?? { ms: 0, n: 0 };
       e.ms += ms;
       e.n++;
@@ -123,6 +131,10 @@ export async function benchWebgpu(opts: WebgpuBenchOptions): Promise<void> {
   opts.log('top kernels:');
   for (const [name, e] of [...byKernel].sort((a, b) => b[1].ms - a[1].ms).slice(0, 12)) {
     opts.log(`  ${name.padEnd(28)} ${e.ms.toFixed(1).padStart(9)} ms  ${e.n} calls`);
+  }
+  opts.log('top kernels by input shapes:');
+  for (const [name, e] of [...byShape].sort((a, b) => b[1].ms - a[1].ms).slice(0, 12)) {
+    opts.log(`  ${e.ms.toFixed(1).padStart(9)} ms  ${String(e.n).padStart(4)} calls  ${name}`);
   }
   optimizer.dispose();
   tf.dispose([image, target, ...params.values()]);

@@ -65,7 +65,15 @@ export class CheckedWebGPUBackend extends WebGPUBackend {
   /** programs dispatched and bytes of their outputs, since creation (for the bench) */
   readonly counters = { dispatches: 0, bytesWritten: 0 };
 
-  constructor(device: GpuDevice, adapterInfo?: ConstructorParameters<typeof WebGPUBackend>[1]) {
+  /**
+   * @param softwareAdapter a fallback adapter (lavapipe): the product kernels of webgpu-matmul.ts
+   *   replace tfjs's there
+   */
+  constructor(
+    device: GpuDevice,
+    adapterInfo: ConstructorParameters<typeof WebGPUBackend>[1] | undefined,
+    readonly softwareAdapter = false,
+  ) {
     super(device, adapterInfo);
     device.addEventListener('uncapturederror', (event) => {
       const error = (event as unknown as { error: ErrorLike }).error;

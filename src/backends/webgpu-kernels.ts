@@ -3,11 +3,17 @@
  * `maxStorageBuffersPerShaderStage` storage buffers (8 by default, 16 on lavapipe): tfjs's AddN binds
  * one per input, so an addN over more tensors (the ~281 gradient norms of clipGradNorm) is summed
  * here in chunks. (Concat, and Pack through it, chunk already in tfjs.) Also the fused LayerNorm
- * (webgpu-layer-norm.ts).
+ * (webgpu-layer-norm.ts), and for software adapters (lavapipe) matrix products, convolutions,
+ * softmax, sums and matrix transposes (webgpu-matmul.ts, webgpu-conv.ts, webgpu-rows.ts,
+ * webgpu-transpose.ts).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { registerLayerNormKernels } from './webgpu-layer-norm.js';
+import { matMulKernels, type SoftwareKernel } from './webgpu-matmul.js';
+import { convKernels } from './webgpu-conv.js';
+import { rowKernels } from './webgpu-rows.js';
+import { transposeKernels } from './webgpu-transpose.js';
 
 /** tfjs's kernels that ours replaced, by kernel name. */
 const tfjsKernels = new Map<string, tf.KernelConfig>();
@@ -45,8 +51,18 @@ function chunkedAddN(args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo {
   return sum;
 }
 
+/** `ours` on a software adapter (CheckedWebGPUBackend.softwareAdapter), tfjs's kernel elsewhere or where ours declines. */
+function onSoftwareAdapter(name: string, ours: SoftwareKernel): tf.KernelFunc {
+  const tfjs = tfjsWebgpuKernel(name).kernelFunc;
+  return (args) => {
+    const backend = args.backend as WebGPUBackend & { softwareAdapter?: boolean };
+    return (backend.softwareAdapter ? ours(args, backend) : null) ?? (tfjs(args) as tf.TensorInfo);
+  };
+}
+
 /** Registers medtune's webgpu kernels; idempotent. */
 export function registerWebgpuKernels(): void {
   replaceKernel(tf.AddN, chunkedAddN);
+  for (const [name, ours] of [...matMulKernels, ...convKernels, ...rowKernels, ...transposeKernels]) replaceKernel(name, onSoftwareAdapter(name, ours));
   registerLayerNormKernels();
 }

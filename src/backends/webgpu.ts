@@ -115,13 +115,14 @@ async function installWebgpuBackend(): Promise<void> {
     async () => {
       const adapter = await (await gpu()).requestAdapter({ powerPreference: 'high-performance' });
       if (!adapter) throw new Error(NO_ADAPTER);
-      const { limits, features } = describeAdapter(adapter);
+      const { limits, features, isFallbackAdapter } = describeAdapter(adapter);
       const device = (await adapter.requestDevice({
         requiredLimits: limits,
         requiredFeatures: WANTED_FEATURES.filter((f) => features.includes(f)),
       })) as ConstructorParameters<typeof CheckedWebGPUBackend>[0];
       tf.env().set(MAX_BINDING_FLAG, device.limits.maxStorageBufferBindingSize);
-      return new CheckedWebGPUBackend(device, (adapter.info ?? undefined) as ConstructorParameters<typeof CheckedWebGPUBackend>[1]);
+      const info = (adapter.info ?? undefined) as ConstructorParameters<typeof CheckedWebGPUBackend>[1];
+      return new CheckedWebGPUBackend(device, info, isFallbackAdapter);
     },
     3,
   );
