@@ -28,7 +28,7 @@ const WORKER = fileURLToPath(new URL('./wasm-pthread-worker.cjs', import.meta.ur
 
 type Factory = () => tf.KernelBackend | Promise<tf.KernelBackend>;
 type WasmModule = ConstructorParameters<typeof BackendWasm>[0] & {
-  PThread: { unusedWorkers: Worker[] };
+  PThread: { unusedWorkers: Worker[]; runningWorkers: Worker[] };
   cwrap(name: string, ret: 'number' | null, args: 'number'[]): (...args: number[]) => number;
 };
 type Imports = WebAssembly.Imports & { env: WebAssembly.ModuleImports };
@@ -80,6 +80,9 @@ function loadThreaded(threads: number, backendClass: typeof BackendWasm): Promis
       // the build starts WASM_MAX_THREADS workers up front and XNNPACK's pool (made just now)
       // took threads - 1 of them: the rest would idle, each holding a V8 isolate
       for (const worker of module.PThread.unusedWorkers.splice(0)) worker.terminate();
+      // the pool's threads wait for work for the life of the backend; they must not keep the
+      // process alive once its own work is done (emscripten refs a worker running a pthread)
+      for (const worker of module.PThread.runningWorkers) worker.unref();
       resolve(backend);
     }, reject);
   });
