@@ -1,10 +1,11 @@
 /**
- * `npm run bench [-- --backend cpu|wasm|... --sizes 256,512 --iters 2 --only model,train,onnx,data]`
+ * `npm run bench [-- --backend cpu|wasm|... --sizes 256,512 --iters 2 --only model,train,onnx,data --threads 1,2,all]`
  *
  * Prints img/s of the full sam2.1-tiny image path (image encoder + prompt encoder + mask decoder),
  * forward and forward+backward, per image at each size on the selected backend; training img/s
  * (real optimizer steps of `medtune train`) for the demo and for sam2.1-tiny at each size;
- * onnxruntime-node latencies of the exported graphs; data-pipeline samples/s.
+ * onnxruntime-node latencies of the exported graphs; data-pipeline samples/s; the sam2.1-tiny
+ * training step @256 batch 1 at each thread count of `--threads` (wasm, tensorflow).
  * `--only webgpu` (with `--backend webgpu`): the demo model's forward and forward+backward img/s,
  * dispatches and bytes written per step, and GPU time by op class (tf.profile, timestamp queries).
  * `--only cache`: decoder-only fine-tuning of the demo with the embedding cache, epoch 1 against epoch 2.
@@ -35,9 +36,11 @@ const args = await yargs(hideBin(process.argv))
   .option('sizes', { type: 'string', default: '256,512', describe: 'image sizes for the model timings' })
   .option('iters', { type: 'number', default: 2, describe: 'timed repetitions' })
   .option('warmup', { type: 'number', default: 1, describe: 'untimed repetitions first (kernels compiled, buffers allocated)' })
-  .option('only', { type: 'string', default: 'model,train,steps,cache,onnx,data', describe: 'sections to run: model,train,steps,cache,onnx,data,webgpu' })
+  .option('only', { type: 'string', default: 'model,train,steps,cache,threads,onnx,data', describe: 'sections to run: model,train,steps,cache,threads,onnx,data,webgpu' })
+  .option('threads', { type: 'string', default: '1,2,all', describe: "threads section: the backend's thread counts (all: every core)" })
   .option('train-steps', { type: 'number', default: 3, describe: 'timed optimizer steps per training benchmark' })
   .option('step-child', { type: 'string', hidden: true, describe: 'internal: one training-step figure (SIZExBATCH) in this process' })
+  .option('step-threads', { type: 'number', hidden: true, describe: "internal: the step figure's backend threads (default all cores)" })
   .option('set', { type: 'string', array: true, default: [] as string[], describe: "config overrides of the training sections, e.g. 'train.checkpoint_activations=true' or 'adapters={kind: lora, targets: [\"*.attn.qkv\"]}'" })
   .option('batch', { type: 'number', default: 8, describe: 'batch of the webgpu section (the demo trains at 8)' })
   .option('webgpu-model', { type: 'string', default: 'demo', describe: "webgpu section's model: demo or a preset (sam2.1-tiny)" })
@@ -168,6 +171,7 @@ if (sections.has('data')) {
 }
 
 if (sections.has('steps')) await benchTrainingSteps(backend);
+if (sections.has('threads')) benchThreads(backend);
 
 // ------------------------------------------------------------------------------------------
 // Training steps of sam2.1-tiny at 256/512 (batch 1 and 4) and 1024 (batch 1): img/s, peak RSS
@@ -234,7 +238,8 @@ function sumOf(m: Map<string, number>): number {
 /** The child: one figure, printed as a JSON line. */
 async function stepFigure(spec: string): Promise<never> {
   const [size, batch] = spec.split('x').map(Number);
-  await selectBackend(args.backend, { quiet: true });
+  const threads = args['step-threads'];
+  await selectBackend(args.backend, { quiet: true, threads });
   const counter = countDispatches();
   let counted: ReturnType<typeof counter.snapshot> | undefined;
   let cpuStart: NodeJS.CpuUsage | undefined;
@@ -242,7 +247,13 @@ async function stepFigure(spec: string): Promise<never> {
   const steps = Math.max(args['train-steps'], 1);
   const imgPerS = await benchTraining(
     'configs/ct-lesion-small.yaml',
-    [`backend=${args.backend}`, 'model.config=null', `model.image_size=${size}`, `train.batch_size=${batch}`],
+    [
+      `backend=${args.backend}`,
+      'model.config=null',
+      `model.image_size=${size}`,
+      `train.batch_size=${batch}`,
+      ...(threads ? [`backend_threads=${threads}`] : []),
+    ],
     steps,
     // step 2 (the first timed one) is counted; CPU time from the end of step 1 to the last
     (step) => {
@@ -271,8 +282,10 @@ async function stepFigure(spec: string): Promise<never> {
   process.exit(0);
 }
 
-function runStepFigure(backend: string, size: number, batch: number): StepFigure | string {
-  const r = spawnSync(process.execPath, [...process.execArgv, process.argv[1], '--backend', backend, '--step-child', `${size}x${batch}`, '--train-steps', String(args['train-steps']), ...args.set.flatMap((o) => ['--set', o])], {
+function runStepFigure(backend: string, size: number, batch: number, threads?: number): StepFigure | string {
+  const childArgs = ['--backend', backend, '--step-child', `${size}x${batch}`, '--train-steps', String(args['train-steps']), ...args.set.flatMap((o) => ['--set', o])];
+  if (threads) childArgs.push('--step-threads', String(threads));
+  const r = spawnSync(process.execPath, [...process.execArgv, process.argv[1], ...childArgs], {
     encoding: 'utf8',
     maxBuffer: 16 << 20,
   });
@@ -353,5 +366,29 @@ async function benchEmbeddingCache(backend: string, label: string, overrides: st
     run.optimizer.dispose();
     tf.dispose([...run.params.values()]);
     rmSync(runDir, { recursive: true, force: true });
+  }
+}
+
+/** The sam2.1-tiny training step @256 batch 1 at each thread count of `--threads`, each in a fresh process. */
+function benchThreads(backend: string): void {
+  if (backend !== 'wasm' && backend !== 'tensorflow') {
+    console.log(`training step by threads: not run (the ${backend} backend has no thread count to set)`);
+    return;
+  }
+  const cores = availableParallelism();
+  const counts = [...new Set(args.threads.split(',').map((t) => (t === 'all' ? cores : Number(t))))];
+  if (counts.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`--threads: positive integers or 'all', got '${args.threads}'`);
+  console.log(`training step, sam2.1-tiny @256 batch 1 by threads (${cores} cores, load average ${loadavg().map((l) => l.toFixed(1)).join(' ')}):`);
+  let oneThread: number | undefined;
+  for (const threads of counts) {
+    const f = runStepFigure(backend, 256, 1, threads);
+    const label = `  ${threads} thread${threads === 1 ? '' : 's'}${threads === cores ? ' (all cores)' : ''}`;
+    if (typeof f === 'string') {
+      console.log(`${label}: ${f}`);
+      continue;
+    }
+    if (threads === 1) oneThread = f.imgPerS;
+    const speedup = oneThread && threads > 1 ? `, ${(f.imgPerS / oneThread).toFixed(2)}x 1 thread` : '';
+    console.log(`${label}: ${f.imgPerS.toFixed(3)} img/s (${(1000 / f.imgPerS).toFixed(0)} ms/step)${speedup}`);
   }
 }

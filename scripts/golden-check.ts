@@ -9,7 +9,8 @@
  *   - 3D propagation (propagation.npz) through the memory path, per slice
  *     max |ours - ref| <= 1e-3 * max(1, max |ref|) and masks > 0 agreeing on >= 99.9% of pixels
  * With `--onnx`, the same forward outputs and propagation are also checked through an ONNX export
- * of the fixture's weights, run in onnxruntime-node.
+ * of the fixture's weights, run in onnxruntime-node. `--backend NAME` runs it on another backend,
+ * `--threads N` with N threads (wasm, tensorflow).
  * One line per tensor with its error, then `N passed, M failed`; exit code 1 on any failure.
  */
 import * as tf from '@tensorflow/tfjs-core';
@@ -63,11 +64,11 @@ function nchw(x: tf.Tensor): tf.Tensor {
 export async function runGoldenCheck(
   dir: string,
   log: (line: string) => void = console.log,
-  opts: { onnx?: boolean; backend?: BackendName; sections?: GoldenSection[] } = {},
+  opts: { onnx?: boolean; backend?: BackendName; threads?: number; sections?: GoldenSection[] } = {},
 ): Promise<GoldenReport> {
   const run = new Set(opts.sections ?? GOLDEN_SECTIONS);
-  await selectBackend(opts.backend ?? 'cpu', { quiet: true });
-  log(`backend ${tf.getBackend()}`);
+  const { device } = await selectBackend(opts.backend ?? 'cpu', { quiet: true, threads: opts.threads });
+  log(`backend ${tf.getBackend()} (${device})`);
   const lines: CheckLine[] = [];
   const record = (name: string, error: number, limit: number, what: string, note = '') => {
     const ok = Number.isFinite(error) && error <= limit;
@@ -256,13 +257,14 @@ export async function runGoldenCheck(
 if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
   const { values, positionals } = parseArgs({
     allowPositionals: true,
-    options: { onnx: { type: 'boolean' }, backend: { type: 'string', default: 'cpu' } },
+    options: { onnx: { type: 'boolean' }, backend: { type: 'string', default: 'cpu' }, threads: { type: 'string' } },
   });
   const backend = values.backend as BackendName;
-  if (positionals.length !== 1 || !BACKEND_NAMES.includes(backend)) {
-    console.error(`usage: npx tsx scripts/golden-check.ts <fixture-dir> [--onnx] [--backend ${BACKEND_NAMES.join('|')}]`);
+  const threads = values.threads === undefined ? undefined : Number(values.threads);
+  if (positionals.length !== 1 || !BACKEND_NAMES.includes(backend) || (threads !== undefined && !(Number.isInteger(threads) && threads > 0))) {
+    console.error(`usage: npx tsx scripts/golden-check.ts <fixture-dir> [--onnx] [--backend ${BACKEND_NAMES.join('|')}] [--threads N]`);
     process.exit(2);
   }
-  const report = await runGoldenCheck(positionals[0], console.log, { onnx: values.onnx, backend });
+  const report = await runGoldenCheck(positionals[0], console.log, { onnx: values.onnx, backend, threads });
   process.exit(report.failed > 0 ? 1 : 0);
 }

@@ -5,7 +5,8 @@
  * - `tensorflow`: @tensorflow/tfjs-node-gpu when it loads and a CUDA GPU is present, else
  *   @tensorflow/tfjs-node (native TensorFlow on the CPU; `npx medtune setup tensorflow` builds it).
  * - `webgpu`: @tensorflow/tfjs-backend-webgpu over the `webgpu` package (Dawn; Vulkan on Linux).
- * - `wasm`: @tensorflow/tfjs-backend-wasm (SIMD), with CPU fallbacks for its missing gradient kernels.
+ * - `wasm`: @tensorflow/tfjs-backend-wasm (SIMD; its threaded build on more than one thread), with
+ *   CPU fallbacks for its missing gradient kernels.
  * - `cpu`: @tensorflow/tfjs-backend-cpu, plain JavaScript; always available.
  * - `auto`: tensorflow on a CUDA GPU, then WebGPU on a hardware adapter (never a software fallback
  *   one), then tensorflow on the CPU, then wasm (see autoOrder).
@@ -20,7 +21,7 @@ export const BACKEND_NAMES: readonly BackendName[] = ['auto', 'tensorflow', 'web
 export interface SelectOptions {
   /** do not print the choice */
   quiet?: boolean;
-  /** threads of the backend's pools (TensorFlow's intra/inter-op); default all cores */
+  /** threads of the backend's pools (TensorFlow's intra/inter-op, wasm's XNNPACK); default all cores */
   threads?: number;
 }
 
@@ -93,7 +94,7 @@ async function selectAuto(threads: number | undefined): Promise<BackendChoice> {
           return useWebgpu(probe);
         }),
       'tensorflow-cpu': () => attempt(async () => (await tensorflow()).useTensorflowCpu(threads)),
-      wasm: () => attempt(async () => (await import('./backends/wasm.js')).useWasm()),
+      wasm: () => attempt(async () => (await import('./backends/wasm.js')).useWasm(threads)),
     },
     cudaGpus().length > 0,
   );
@@ -113,7 +114,7 @@ export async function selectBackend(name: BackendName, opts: SelectOptions = {})
       choice = await (await import('./backends/cpu.js')).useCpu();
       break;
     case 'wasm':
-      choice = await (await import('./backends/wasm.js')).useWasm();
+      choice = await (await import('./backends/wasm.js')).useWasm(opts.threads);
       break;
     case 'webgpu':
       choice = await (await import('./backends/webgpu.js')).useWebgpu();

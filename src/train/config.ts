@@ -168,7 +168,7 @@ export const TrainConfigSchema = z.strictObject({
   seed: z.number().int().default(2024),
   /** TensorFlow.js backend (see src/backend.ts) */
   backend: z.enum(BACKEND_NAMES).default('cpu'),
-  /** threads of the backend's pools (TensorFlow's intra- and inter-op); null: all cores */
+  /** threads of the backend's pools (TensorFlow's intra- and inter-op, wasm's XNNPACK: at most 8); null: all cores */
   backend_threads: positiveInt.nullable().default(null),
   model: ModelSchema.prefault({}),
   /** adapters instead of full fine-tuning; model.trainable then names what trains beside them (default nothing) */
