@@ -6,6 +6,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
+import { createClipLoader, type ClipLoader } from '../data/clips.js';
 import { buildValSet, createTrainLoader, type TrainLoader } from '../data/loader.js';
 import { resolveDataEntries } from '../data/sampling.js';
 import { splitByPatient, type PatientSplit } from '../data/split.js';
@@ -79,7 +80,8 @@ export function setupModel(config: TrainConfig, runDir: string, resume: string |
 }
 
 export interface DataSetup {
-  loader: TrainLoader;
+  /** single slices, or clips with train.clip_length > 1 */
+  loader: TrainLoader | ClipLoader;
   valSet: Batch[];
   /** validation samples */
   valCount: number;
@@ -135,17 +137,9 @@ export async function setupData(config: TrainConfig, imageSize: number, runDir: 
   const split = d.val_fraction > 0 ? patientSplit(config, runDir, say) : undefined;
   const trainFiles = split?.train ?? d.train;
   const valFiles = split?.val ?? d.val;
-  const loader = createTrainLoader({
-    files: trainFiles,
-    imageSize,
-    batchSize: config.train.batch_size,
-    bboxShift: d.bbox_shift,
-    seed: config.seed,
-    augment,
-    prefetch: d.prefetch,
-    workers: d.workers,
-    state: loaderState,
-  });
+  const sampling = { files: trainFiles, imageSize, batchSize: config.train.batch_size, bboxShift: d.bbox_shift, seed: config.seed, augment, state: loaderState };
+  const clipLength = config.train.clip_length;
+  const loader = clipLength > 1 ? createClipLoader({ ...sampling, clipLength }) : createTrainLoader({ ...sampling, prefetch: d.prefetch, workers: d.workers });
   const valSet = valFiles
     ? await buildValSet({
         files: valFiles,
@@ -156,6 +150,6 @@ export async function setupData(config: TrainConfig, imageSize: number, runDir: 
       })
     : [];
   const valCount = valSet.reduce((n, b) => n + b.batchSize, 0);
-  say(`data: ${loader.size} training samples per epoch${valFiles ? `, ${valCount} validation samples` : ''}`);
+  say(`data: ${loader.size} training ${clipLength > 1 ? `clips of ${clipLength} slices` : 'samples'} per epoch${valFiles ? `, ${valCount} validation samples` : ''}`);
   return { loader, valSet, valCount };
 }

@@ -20,6 +20,7 @@ import { MetricsLog } from './metrics-log.js';
 import { saveStepCheckpoints, watchStopSignals, type RunProgress } from './run-progress.js';
 import { lrScale } from './schedule.js';
 import { setupData, setupModel } from './setup.js';
+import { clipTrainStep } from './clip-step.js';
 import { explainStepFailure, trainStep } from './step.js';
 import { validate } from './validate.js';
 
@@ -90,12 +91,12 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   try {
     while (p.step < t.max_steps) {
       const scale = lrScale(p.step, { lr: t.lr, minLr: t.min_lr, warmupSteps: t.warmup_steps, maxSteps: t.max_steps });
-      const s = await trainStep(run, loader, t, p.step, scale, runDir);
+      const s = 'clipLength' in loader ? await clipTrainStep(run, loader, t, p.step, scale, runDir) : await trainStep(run, loader, t, p.step, scale, runDir);
       p.step++;
       p.samplesSeen += s.samples;
       result.losses.push(s.loss);
       const now = performance.now();
-      log.train(p.step, { loss: s.loss, terms: s.terms, lr: t.lr * scale, gradNorm: s.gradNorm, imgPerSec: (t.batch_size * t.grad_accum * 1000) / (now - lastTime) }, p.step % t.log_every === 0 || p.step === t.max_steps);
+      log.train(p.step, { loss: s.loss, terms: s.terms, lr: t.lr * scale, gradNorm: s.gradNorm, imgPerSec: (s.samples * 1000) / (now - lastTime) }, p.step % t.log_every === 0 || p.step === t.max_steps);
       opts.onStep?.({ step: p.step, loss: s.loss, numTensors: tf.memory().numTensors });
       const last = p.step === t.max_steps;
       const stopping = stop.requested() || (opts.stopAfterStep !== undefined && p.step >= opts.stopAfterStep);
