@@ -91,12 +91,14 @@ export function clipForward<T>(model: SAM2Base, ops: Ops<T>, frames: T[], boxes:
 export function clipObjective(outputs: ClipFrameOutput<tf.Tensor>[], targets: tf.Tensor): Objective {
   const [b, n, m] = targets.shape;
   if (n !== outputs.length) throw new Error(`clipObjective: ${outputs.length} outputs for clips of ${n} slices`);
-  const perFrame = outputs.map((o, f) => {
-    const target = tf.reshape(tf.slice(targets, [0, f, 0, 0], [b, 1, m, m]), [b, 1, m, m]);
-    return sam2Loss([{ masks: o.masks, ious: o.ious, objectScores: o.objectScoreLogits }], target);
+  const [loss, focal, dice, iou, objectScore] = tf.tidy(() => {
+    const perFrame = outputs.map((o, f) => {
+      const target = tf.reshape(tf.slice(targets, [0, f, 0, 0], [b, 1, m, m]), [b, 1, m, m]);
+      return sam2Loss([{ masks: o.masks, ious: o.ious, objectScores: o.objectScoreLogits }], target);
+    });
+    return (['loss', 'focal', 'dice', 'iou', 'objectScore'] as const).map((k) => tf.addN(perFrame.map((l) => l[k])) as tf.Scalar);
   });
-  const sum = (k: 'loss' | 'focal' | 'dice' | 'iou' | 'objectScore') => tf.addN(perFrame.map((l) => l[k])) as tf.Scalar;
-  return { loss: sum('loss'), terms: { focal: sum('focal'), dice: sum('dice'), iou: sum('iou'), object_score: sum('objectScore') } };
+  return { loss, terms: { focal, dice, iou, object_score: objectScore } };
 }
 
 /** A clip batch as tensors: N frames (B, S, S, 3), boxes (B, 4), targets (B, N, m, m). */
