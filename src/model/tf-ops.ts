@@ -16,10 +16,13 @@ import { fusedLayerNorm, hasFusedLayerNorm } from './fused-layer-norm.js';
  * x == value as 0/1 floats. Piecewise constant, so its gradient is zero; tfjs has none for Equal,
  * and clip training back-propagates through masks gated by the object score (greaterThanZero).
  */
-const equalTo = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
-  const [x, value] = args as [tf.Tensor, tf.Tensor];
-  return { value: tf.tidy(() => tf.cast(tf.equal(x, value), 'float32')), gradFunc: () => [tf.zerosLike(x), tf.zerosLike(value)] };
-}) as (x: tf.Tensor, value: tf.Tensor) => tf.Tensor;
+function equalTo(x: tf.Tensor, value: number): tf.Tensor {
+  const op = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => ({
+    value: tf.tidy(() => tf.cast(tf.equal(args[0] as tf.Tensor, value), 'float32')),
+    gradFunc: (dy: tf.Tensor) => tf.zerosLike(dy),
+  }));
+  return op(x);
+}
 
 /** a (M, K) @ b (K, N); gradients dA = dY @ B^T and dB = A^T @ dY as plain products. */
 const matMul2d = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
@@ -145,7 +148,7 @@ export class TfOps implements Ops<tf.Tensor> {
     return tf.tidy(() => tf.mul(tf.mul(x, 0.5), tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2)))));
   }
   equal(x: tf.Tensor, value: number) {
-    return tf.tidy(() => equalTo(x, tf.scalar(value, x.dtype)));
+    return equalTo(x, value);
   }
 
   matMul(a: tf.Tensor, b: tf.Tensor, transposeA = false, transposeB = false) {

@@ -49,10 +49,12 @@ export interface Sam2LossTerms {
  * a gradient, such as Greater, even where the gradient would be zero).
  */
 function withoutGradient(f: (x: tf.Tensor) => tf.Tensor): (x: tf.Tensor) => tf.Tensor {
-  return tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => ({
-    value: f(args[0] as tf.Tensor),
-    gradFunc: () => tf.zerosLike(args[0] as tf.Tensor),
-  })) as (x: tf.Tensor) => tf.Tensor;
+  return tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+    const [x, save] = args as [tf.Tensor, tf.GradSaveFunc];
+    // saved: x itself may be freed (by the caller's tidy) before the backward pass
+    save([x]);
+    return { value: f(x), gradFunc: (_dy: tf.Tensor, saved: tf.Tensor[]) => tf.zerosLike(saved[0]) };
+  }) as (x: tf.Tensor) => tf.Tensor;
 }
 
 /** 1 where x > 0, else 0 (float). */
