@@ -5,6 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -211,5 +212,25 @@ describe('clip training end to end (tiny model)', () => {
     expect(part.interrupted).toBe(true);
     const rest = await train({ config: clipConfig(), runDir, resume: 'auto', quiet: true, handleSignals: false });
     expect([...part.losses, ...rest.losses]).toEqual(full.losses);
+  });
+
+  // the zero gradients of thresholds once read tensors the forward pass had freed: only tfjs-node minded
+  const tensorflow = (() => {
+    try {
+      return Boolean(createRequire(import.meta.url).resolve('@tensorflow/tfjs-node'));
+    } catch {
+      return Boolean(process.env.CI); // in CI the backend must be there: run, and fail on its absence
+    }
+  })();
+  it.skipIf(!tensorflow)(`trains on the tensorflow backend as on cpu${tensorflow ? '' : ' (skipped: @tensorflow/tfjs-node is not installed)'}`, async () => {
+    const losses = async (backend: 'cpu' | 'tensorflow') => {
+      const config = { ...clipConfig(), backend };
+      config.train = { ...config.train, max_steps: 2, grad_accum: 1 };
+      return (await train({ config, runDir: tmpRunDir(`clips-${backend}`), quiet: true, handleSignals: false })).losses;
+    };
+    const cpu = await losses('cpu');
+    const native = await losses('tensorflow');
+    expect(tf.getBackend()).toBe('tensorflow');
+    native.forEach((l, i) => expect(Math.abs(l - cpu[i]) / cpu[i], `step ${i + 1}: tensorflow ${l}, cpu ${cpu[i]}`).toBeLessThan(1e-3));
   });
 });
