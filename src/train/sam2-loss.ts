@@ -113,7 +113,8 @@ export function sam2Loss(steps: PredictionStep[], target: tf.Tensor, weights: Sa
       let d = terms.dice;
       if (m > 1) {
         // back-propagate focal and Dice only through the mask that fits best
-        const best = withoutGradient((c) => tf.oneHot(tf.argMin(c, -1), m, 1, 0, 'float32'))(tf.add(tf.mul(f, weights.focal), tf.mul(d, weights.dice)));
+        // int32 one-hot, then cast: tfjs-backend-wasm's OneHot writes int bits into a float32 output
+        const best = withoutGradient((c) => tf.cast(tf.oneHot(tf.argMin(c, -1), m), 'float32'))(tf.add(tf.mul(f, weights.focal), tf.mul(d, weights.dice)));
         f = tf.sum(tf.mul(f, best), -1, true);
         d = tf.sum(tf.mul(d, best), -1, true);
       }
