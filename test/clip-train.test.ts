@@ -17,7 +17,7 @@ import { SAM2Base } from '../src/model/sam2.js';
 import { TfOps } from '../src/model/tf-ops.js';
 import { initParams } from '../src/model/weights.js';
 import { clipForward, clipObjective, clipTensors, type ClipFrameOutput } from '../src/train/clip-step.js';
-import { ConfigError, parseConfig } from '../src/train/config.js';
+import { ConfigError, loadConfig, parseConfig } from '../src/train/config.js';
 import { sam2Loss } from '../src/train/sam2-loss.js';
 import { train } from '../src/train/train.js';
 import { SMALL_MODEL_CONFIG, tinyConfig, tinyData, tmpRunDir } from './helpers/train-fixture.js';
@@ -194,6 +194,17 @@ describe('clip training end to end (tiny model)', () => {
     config.model.trainable = ['sam_mask_decoder', 'memory_encoder', 'memory_attention', 'obj_ptr_proj', 'maskmem_tpos_enc', 'no_obj_embed_spatial'];
     return config;
   };
+
+  it('configs/hippocampus-3d.yaml: clips of 4 with the SAM2 loss; each trainable prefix names parameters, none of the 2D run\'s', () => {
+    const config = loadConfig(join(import.meta.dirname, '..', 'configs', 'hippocampus-3d.yaml'));
+    expect([config.train.clip_length, config.train.loss]).toEqual([4, 'sam2']);
+    const model = resolveModelChoice(config.model);
+    expect([model.image_size, model.multimask_output_for_tracking, model.memory_encoder.out_dim]).toEqual([128, false, 16]);
+    const keys = new SAM2Base(model).paramSpecs().map((p) => p.name);
+    for (const prefix of config.model.trainable) expect(keys.some((k) => k === prefix || k.startsWith(`${prefix}.`)), prefix).toBe(true);
+    const trained = keys.filter((k) => config.model.trainable.some((p) => k === p || k.startsWith(`${p}.`)));
+    expect(trained.filter((k) => /^(image_encoder|sam_prompt_encoder)\./.test(k) || (k.startsWith('sam_mask_decoder.') && !k.includes('pred_obj_score_head')))).toEqual([]);
+  });
 
   it('needs loss: sam2', () => {
     expect(() => tinyConfig(data, { clip_length: 3 })).toThrow(ConfigError);
