@@ -23,9 +23,8 @@ import { benchOnnx } from '../src/onnx/bench.js';
 import { loadConfig } from '../src/train/config.js';
 import { openEmbeddingCache } from '../src/train/embedding-cache.js';
 import { setupData, setupModel } from '../src/train/setup.js';
-import { trainStep } from '../src/train/step.js';
 import { wasmHeapBytes } from '../src/train/dry-run.js';
-import { train } from '../src/train/train.js';
+import { optimizerStep, train } from '../src/train/train.js';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, freemem, loadavg, tmpdir } from 'node:os';
@@ -345,7 +344,7 @@ async function benchEmbeddingCache(backend: string, label: string, overrides: st
     for (let step = 0; step < 2 * perEpoch + 1; step++) {
       const start = performance.now();
       const cpu = process.cpuUsage();
-      await trainStep(run, loader, config.train, step, 1, runDir);
+      await optimizerStep(run, loader, config, step, 1, runDir);
       const used = process.cpuUsage(cpu);
       cpuMs.push((used.user + used.system) / 1000);
       wallMs.push(performance.now() - start);

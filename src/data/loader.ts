@@ -105,7 +105,7 @@ interface Produced {
 
 const MAX_REPLACEMENTS = 50;
 
-function resolveAugment(a: TrainLoaderOptions['augment']): AugmentOptions | null {
+export function resolveAugment(a: TrainLoaderOptions['augment']): AugmentOptions | null {
   if (!a) return null;
   return a === true ? { ...DEFAULT_AUGMENT } : { ...DEFAULT_AUGMENT, ...a };
 }

@@ -57,6 +57,14 @@ export interface SamHeadsOutput<T> {
   objectScoreLogits: T;
 }
 
+/** `_forward_sam_heads` with what the training loss reads besides the chosen mask. */
+export interface SamHeadsTrainOutput<T> extends SamHeadsOutput<T> {
+  /** (B, M, S/4, S/4) every output mask, object-score gated (M = 3 with multimask output, else 1) */
+  lowResMultimasks: T;
+  /** (B, M) their IoU estimates */
+  ious: T;
+}
+
 /** Official `_use_multimask`: whether the SAM heads give 3 masks (and take the best) for this frame. */
 export function useMultimask(c: Sam2Config, isInitCondFrame: boolean, numPoints: number): boolean {
   return c.multimask_output_in_sam && (isInitCondFrame || c.multimask_output_for_tracking) && c.multimask_min_pt_num <= numPoints && numPoints <= c.multimask_max_pt_num;
@@ -287,7 +295,7 @@ export class SAM2Base implements Module {
   forwardSamHeads<T>(
     ops: Ops<T>,
     args: { backboneFeatures: T; highRes?: [T, T]; points?: PointInputs<T>; maskInputs?: T; multimaskOutput: boolean; stability?: MultimaskStability },
-  ): SamHeadsOutput<T> {
+  ): SamHeadsTrainOutput<T> {
     const c = this.config;
     const C = this.hiddenDim;
     const { backboneFeatures, highRes, multimaskOutput } = args;
@@ -350,7 +358,7 @@ export class SAM2Base implements Module {
       const lambda = c.soft_no_obj_ptr ? ops.sigmoid(objectScoreLogits) : appearing; // (B, 1)
       objPtr = this.mixNoObjPtr(ops, objPtr, lambda);
     }
-    return { lowResMasks, highResMasks, objPtr, objectScoreLogits };
+    return { lowResMasks, highResMasks, objPtr, objectScoreLogits, lowResMultimasks, ious: dec.iouPred };
   }
 
   /** fixed_no_obj_ptr scaling and the no_obj_ptr mix-in, lambda (B, 1) */

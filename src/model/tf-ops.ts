@@ -12,6 +12,18 @@ import { fusedLayerNorm, hasFusedLayerNorm } from './fused-layer-norm.js';
  * On the CPU backend the same formulation costs about the same as tfjs's.
  */
 
+/**
+ * x == value as 0/1 floats. Piecewise constant, so its gradient is zero; tfjs has none for Equal,
+ * and clip training back-propagates through masks gated by the object score (greaterThanZero).
+ */
+function equalTo(x: tf.Tensor, value: number): tf.Tensor {
+  const op = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => ({
+    value: tf.tidy(() => tf.cast(tf.equal(args[0] as tf.Tensor, value), 'float32')),
+    gradFunc: (dy: tf.Tensor) => tf.zerosLike(dy),
+  }));
+  return op(x);
+}
+
 /** a (M, K) @ b (K, N); gradients dA = dY @ B^T and dB = A^T @ dY as plain products. */
 const matMul2d = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
   const [a, b, save] = args as [tf.Tensor, tf.Tensor, tf.GradSaveFunc];
@@ -176,7 +188,7 @@ export class TfOps implements Ops<tf.Tensor> {
     return tf.tidy(() => tf.mul(tf.mul(x, 0.5), tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2)))));
   }
   equal(x: tf.Tensor, value: number) {
-    return tf.tidy(() => tf.cast(tf.equal(x, value), 'float32'));
+    return equalTo(x, value);
   }
 
   matMul(a: tf.Tensor, b: tf.Tensor, transposeA = false, transposeB = false) {

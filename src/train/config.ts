@@ -146,6 +146,21 @@ const TrainSchema = z.strictObject({
   /** log training scalars every N steps */
   log_every: positiveInt.default(1),
   embedding_cache: EmbeddingCacheSchema.prefault({}),
+  /**
+   * slices per sample. 1: 2D training on single slices. N > 1: clips of N consecutive slices of one
+   * label (src/data/clips.ts), the first prompted with its box, the rest segmented from memory
+   * (src/train/clip-step.ts), so memory encoder and memory attention train; needs `loss: sam2`,
+   * whose object-score term teaches where the object ends.
+   */
+  clip_length: positiveInt.default(1),
+}).superRefine((t, ctx) => {
+  if (t.clip_length > 1 && t.loss !== 'sam2') {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['clip_length'],
+      message: `clips (clip_length ${t.clip_length}) need loss: sam2: its object-score term trains the head that stops propagation where the object ends, which ${t.loss} leaves untrained`,
+    });
+  }
 });
 
 /** Parameter-efficient fine-tuning (src/model/adapters.ts): the base weights freeze, the adapters train. */

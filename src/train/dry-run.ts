@@ -15,7 +15,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { selectBackend } from '../backend.js';
 import { configToYaml, readResolvedConfig, type TrainConfig } from './config.js';
 import { setupData, setupModel } from './setup.js';
-import { trainStep } from './step.js';
+import { optimizerStep } from './train.js';
 
 /** tfjs-backend-wasm's heap: 32-bit addresses. */
 export const WASM_HEAP_LIMIT_BYTES = 4 * 2 ** 30;
@@ -66,14 +66,14 @@ export async function measureSteps(config: TrainConfig, steps = 2): Promise<Step
   const t = measured.train;
   try {
     const profile = await tf.profile(async () => {
-      await trainStep(run, loader, t, 0, 1, runDir);
+      await optimizerStep(run, loader, measured, 0, 1, runDir);
     });
     let secondsPerStep: number | null = null;
     let cpuSecondsPerStep: number | null = null;
     for (let step = 1; step < steps; step++) {
       const start = performance.now();
       const cpuStart = process.cpuUsage();
-      await trainStep(run, loader, t, step, 1, runDir);
+      await optimizerStep(run, loader, measured, step, 1, runDir);
       secondsPerStep = (scale * (performance.now() - start)) / 1000;
       const cpu = process.cpuUsage(cpuStart);
       cpuSecondsPerStep = (scale * (cpu.user + cpu.system)) / 1e6;

@@ -9,6 +9,9 @@ import { saveCheckpoint, stepName, type TrainState } from './checkpoint.js';
 import type { TrainConfig } from './config.js';
 import type { ModelSetup } from './setup.js';
 
+/** What a checkpoint reads of the slice or clip loader. */
+type LoaderCursor = Pick<TrainLoader, 'state' | 'skipped'>;
+
 export interface RunProgress {
   step: number;
   bestValDice: number | null;
@@ -16,7 +19,7 @@ export interface RunProgress {
 }
 
 /** The run's progress as a checkpoint's state.json holds it. */
-function trainState(p: RunProgress, loader: TrainLoader): TrainState {
+function trainState(p: RunProgress, loader: LoaderCursor): TrainState {
   const cursor = loader.state();
   return {
     step: p.step,
@@ -31,7 +34,7 @@ function trainState(p: RunProgress, loader: TrainLoader): TrainState {
 /** Checkpoints for the step just done: `better` (a new best validation Dice), `last` step or `stopping`. */
 export async function saveStepCheckpoints(
   run: ModelSetup,
-  loader: TrainLoader,
+  loader: LoaderCursor,
   p: RunProgress,
   at: { better: boolean; last: boolean; stopping: boolean },
   t: TrainConfig['train'],

@@ -49,10 +49,12 @@ export interface Sam2LossTerms {
  * a gradient, such as Greater, even where the gradient would be zero).
  */
 function withoutGradient(f: (x: tf.Tensor) => tf.Tensor): (x: tf.Tensor) => tf.Tensor {
-  return tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => ({
-    value: f(args[0] as tf.Tensor),
-    gradFunc: () => tf.zerosLike(args[0] as tf.Tensor),
-  })) as (x: tf.Tensor) => tf.Tensor;
+  return tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+    const [x, save] = args as [tf.Tensor, tf.GradSaveFunc];
+    // saved: x itself may be freed (by the caller's tidy) before the backward pass
+    save([x]);
+    return { value: f(x), gradFunc: (_dy: tf.Tensor, saved: tf.Tensor[]) => tf.zerosLike(saved[0]) };
+  }) as (x: tf.Tensor) => tf.Tensor;
 }
 
 /** 1 where x > 0, else 0 (float). */
@@ -111,7 +113,8 @@ export function sam2Loss(steps: PredictionStep[], target: tf.Tensor, weights: Sa
       let d = terms.dice;
       if (m > 1) {
         // back-propagate focal and Dice only through the mask that fits best
-        const best = withoutGradient((c) => tf.oneHot(tf.argMin(c, -1), m, 1, 0, 'float32'))(tf.add(tf.mul(f, weights.focal), tf.mul(d, weights.dice)));
+        // int32 one-hot, then cast: tfjs-backend-wasm's OneHot writes int bits into a float32 output
+        const best = withoutGradient((c) => tf.cast(tf.oneHot(tf.argMin(c, -1), m), 'float32'))(tf.add(tf.mul(f, weights.focal), tf.mul(d, weights.dice)));
         f = tf.sum(tf.mul(f, best), -1, true);
         d = tf.sum(tf.mul(d, best), -1, true);
       }

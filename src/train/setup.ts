@@ -6,6 +6,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { createClipLoader, type ClipLoader } from '../data/clips.js';
 import { buildValSet, createTrainLoader, type TrainLoader } from '../data/loader.js';
 import { isBoxOnly, type PromptSampling } from '../data/prompts.js';
 import { resolveDataEntries, type DataEntry } from '../data/sampling.js';
@@ -97,7 +98,8 @@ export function setupModel(config: TrainConfig, runDir: string, resume: string |
 }
 
 export interface DataSetup {
-  loader: TrainLoader;
+  /** single slices, or clips with train.clip_length > 1 */
+  loader: TrainLoader | ClipLoader;
   valSet: Batch[];
   /** validation samples */
   valCount: number;
@@ -163,19 +165,12 @@ export async function setupData(config: TrainConfig, imageSize: number, runDir: 
   const split = d.val_fraction > 0 ? patientSplit(config, runDir, say) : undefined;
   const trainFiles = split?.train ?? d.train;
   const valFiles = split?.val ?? d.val;
-  const loader = createTrainLoader({
-    files: trainFiles,
-    imageSize,
-    batchSize: config.train.batch_size,
-    bboxShift: d.bbox_shift,
-    seed: config.seed,
-    augment,
-    prompts: promptSampling(config),
-    balanceLabels: d.balance_labels,
-    prefetch: d.prefetch,
-    workers: d.workers,
-    state: loaderState,
-  });
+  const sampling = { files: trainFiles, imageSize, batchSize: config.train.batch_size, bboxShift: d.bbox_shift, seed: config.seed, augment, state: loaderState };
+  const clipLength = config.train.clip_length;
+  const loader =
+    clipLength > 1
+      ? createClipLoader({ ...sampling, clipLength })
+      : createTrainLoader({ ...sampling, prompts: promptSampling(config), balanceLabels: d.balance_labels, prefetch: d.prefetch, workers: d.workers });
   const val = valFiles
     ? await buildValSet({
         files: valFiles,
@@ -189,13 +184,13 @@ export async function setupData(config: TrainConfig, imageSize: number, runDir: 
   const valSet = val?.batches ?? [];
   const valCount = valSet.reduce((n, b) => n + b.batchSize, 0);
   const dropped: DroppedSamples = {
-    trainTooSmall: loader.index.tooSmall,
+    trainTooSmall: 'tooSmall' in loader.index ? loader.index.tooSmall : 0,
     valTooSmall: val?.tooSmall ?? 0,
     valUnloadable: val?.unloadable ?? 0,
     trainSkipped: loader.skipped(),
   };
   const labelNames = readLabelNames(resolveDataEntries(trainFiles));
-  say(`data: ${loader.size} training samples per epoch${valFiles ? `, ${valCount} validation samples` : ''}${describeLabels(loader.index.label, labelNames)}`);
+  say(`data: ${loader.size} training ${clipLength > 1 ? `clips of ${clipLength} slices` : 'samples'} per epoch${valFiles ? `, ${valCount} validation samples` : ''}${describeLabels(loader.index.label, labelNames)}`);
   const left = describeDropped(dropped, imageSize, d.val_native_resolution);
   if (left) say(left);
   return { loader, valSet, valCount, labelNames, dropped };

@@ -46,7 +46,7 @@ export async function trainStep(
   runDir: string,
   corrections: Corrections = NO_CORRECTIONS,
 ): Promise<StepStats> {
-  const { model, ops, trainable, keyOfVar, optimizer } = run;
+  const { model, ops, trainable, keyOfVar } = run;
   const accumulator = new GradAccumulator();
   const stats: StepStats = { loss: 0, terms: {}, gradNorm: 0, samples: 0 };
   for (let micro = 0; micro < t.grad_accum; micro++) {
@@ -75,6 +75,15 @@ export async function trainStep(
     names.forEach((k, i) => (stats.terms[k] = (stats.terms[k] ?? 0) + tv[i] / t.grad_accum));
     stats.samples += batch.batchSize;
   }
+  return applyGradients(run, accumulator, stats, t, step, lrScale, runDir);
+}
+
+/**
+ * The end of every optimizer step (slices or clips): the accumulated gradients clipped, a stop
+ * before the update on a non-finite loss or gradient, AdamW. Returns `stats` with the gradient norm.
+ */
+export async function applyGradients(run: ModelSetup, accumulator: GradAccumulator, stats: StepStats, t: TrainConfig['train'], step: number, lrScale: number, runDir: string): Promise<StepStats> {
+  const { optimizer } = run;
   const raw = accumulator.take();
   const { grads, norm } = await clipGradNorm(raw, t.grad_clip ?? undefined);
   if (!Number.isFinite(stats.loss) || !Number.isFinite(norm)) {

@@ -20,8 +20,9 @@ import { openEmbeddingCache } from './embedding-cache.js';
 import { MetricsLog } from './metrics-log.js';
 import { saveStepCheckpoints, watchStopSignals, type RunProgress } from './run-progress.js';
 import { lrScale } from './schedule.js';
-import { describeDropped, labelName, setupData, setupModel, type DroppedSamples } from './setup.js';
-import { explainStepFailure, trainStep } from './step.js';
+import { describeDropped, labelName, setupData, setupModel, type DataSetup, type DroppedSamples, type ModelSetup } from './setup.js';
+import { clipTrainStep } from './clip-step.js';
+import { explainStepFailure, trainStep, type StepStats } from './step.js';
 import { validate } from './validate.js';
 
 export { NonFiniteLossError } from './step.js';
@@ -91,18 +92,17 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     return better && !note;
   };
 
-  const corrections = { rounds: config.prompts.correction_rounds, probability: config.prompts.correction_prob, seed: String(config.seed) };
   if (valSet.length > 0 && t.val_at_start && p.step === 0) await validateNow(' (before training)');
   let lastTime = performance.now();
   try {
     while (p.step < t.max_steps) {
       const scale = lrScale(p.step, { lr: t.lr, minLr: t.min_lr, warmupSteps: t.warmup_steps, maxSteps: t.max_steps });
-      const s = await trainStep(run, loader, t, p.step, scale, runDir, corrections);
+      const s = await optimizerStep(run, loader, config, p.step, scale, runDir);
       p.step++;
       p.samplesSeen += s.samples;
       result.losses.push(s.loss);
       const now = performance.now();
-      log.train(p.step, { loss: s.loss, terms: s.terms, lr: t.lr * scale, gradNorm: s.gradNorm, imgPerSec: (t.batch_size * t.grad_accum * 1000) / (now - lastTime) }, p.step % t.log_every === 0 || p.step === t.max_steps);
+      log.train(p.step, { loss: s.loss, terms: s.terms, lr: t.lr * scale, gradNorm: s.gradNorm, imgPerSec: (s.samples * 1000) / (now - lastTime) }, p.step % t.log_every === 0 || p.step === t.max_steps);
       opts.onStep?.({ step: p.step, loss: s.loss, numTensors: tf.memory().numTensors });
       const last = p.step === t.max_steps;
       const stopping = stop.requested() || (opts.stopAfterStep !== undefined && p.step >= opts.stopAfterStep);
@@ -129,4 +129,11 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const left = describeDropped(dropped, run.modelConfig.image_size, config.data.val_native_resolution);
   if (left) say(`${left}${dropped.trainSkipped + dropped.valUnloadable > 0 ? ' (see the warnings above)' : ''}`);
   return result;
+}
+
+/** One optimizer step of the run's kind: clips of slices (train.clip_length > 1), or single slices with their prompt rounds. */
+export function optimizerStep(run: ModelSetup, loader: DataSetup['loader'], config: TrainConfig, step: number, lrScale: number, runDir: string): Promise<StepStats> {
+  if ('clipLength' in loader) return clipTrainStep(run, loader, config.train, step, lrScale, runDir);
+  const corrections = { rounds: config.prompts.correction_rounds, probability: config.prompts.correction_prob, seed: String(config.seed) };
+  return trainStep(run, loader, config.train, step, lrScale, runDir, corrections);
 }
