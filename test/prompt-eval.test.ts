@@ -14,7 +14,7 @@ import {
   type PromptCase,
   type SlicePromptInput,
   type SliceSegmenter,
-} from '../src/eval/prompt-eval.js';
+} from '../src/onnx/prompt-eval.js';
 import { mergeByScore } from '../src/model/video-output.js';
 
 const root = mkdtempSync(join(tmpdir(), 'medtune-prompt-eval-'));

@@ -99,7 +99,7 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
       const { existsSync, readdirSync } = await import('node:fs');
       const promptShards = argv.merge.some((d) => existsSync(d) && readdirSync(d).some((f) => f.startsWith('prompt-eval-shard-')));
       if (promptShards) {
-        const { mergePromptShards, promptReportJson, promptReportTable } = await import('../eval/prompt-eval.js');
+        const { mergePromptShards, promptReportJson, promptReportTable } = await import('../onnx/prompt-eval.js');
         const report = mergePromptShards(argv.merge);
         for (const w of report.warnings) process.stderr.write(`warning: ${w}\n`);
         process.stdout.write(`${argv.json ? promptReportJson(report) : promptReportTable(report)}\n`);
@@ -165,7 +165,7 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
 /** `eval --per-slice`: prompt-level evaluation from an export (eval/prompt-eval.ts). */
 async function perSlice(argv: EvalArgs): Promise<void> {
   if (!argv.onnx || !argv.gt) throw new Error('eval --per-slice needs --onnx EXPORT and --gt DIR (npz cases with `imgs` and `gts`)');
-  const { evaluatePromptsInDir, promptReportJson, promptReportTable, promptShardName, promptShardReport } = await import('../eval/prompt-eval.js');
+  const { evaluatePromptsInDir, promptReportJson, promptReportTable, promptShardName, promptShardReport } = await import('../onnx/prompt-eval.js');
   const { resolveShard } = await import('../shard.js');
   const { OnnxModel } = await import('../onnx/runtime.js');
   const { sliceSegmenter } = await import('../onnx/predict.js');

@@ -11,7 +11,7 @@ import type { NpyArray } from '../io/npz.js';
 import type { SliceData } from '../data/sampling.js';
 import { largestComponent, maxLogits, mergeByScore, positive, type LabelVolume, type SliceResult } from '../model/video-output.js';
 import { VolumePropagator } from '../model/video-predictor.js';
-import type { SliceSegmenter } from '../eval/prompt-eval.js';
+import type { SliceSegmenter } from './prompt-eval.js';
 import { decodePrompt, embedImage, OnnxModel, OrtFrameGraphs, type Click } from './runtime.js';
 
 /** Gray or RGB pixels scaled to [0, 1]: (H, W[, C]) for an image, (D, H, W[, C]) for a volume. */

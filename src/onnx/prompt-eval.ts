@@ -23,10 +23,10 @@ import { shiftBox } from '../data/transforms.js';
 import type { LabelArray } from '../data/volume.js';
 import { readNpz, type NpyArray } from '../io/npz.js';
 import { shardCases, type Shard } from '../shard.js';
-import { ellipseInBox } from './baseline.js';
-import { byCaseName, gatherShards, toLabelData } from './evaluate.js';
-import { labelName, readLabelNames } from './labels.js';
-import { diceCoefficient, intersectionOverUnion } from './metrics.js';
+import { ellipseInBox } from '../eval/baseline.js';
+import { byCaseName, gatherShards, toLabelData } from '../eval/evaluate.js';
+import { labelName, readLabelNames } from '../eval/labels.js';
+import { diceCoefficient, intersectionOverUnion } from '../eval/metrics.js';
 
 export const NOC_CAP = 20;
 export const NOC_THRESHOLDS = [0.85, 0.9] as const;
