@@ -13,7 +13,7 @@
 import { basename } from 'node:path';
 import seedrandom from 'seedrandom';
 import { epochPermutation, resolveAugment, type TrainLoaderOptions } from './loader.js';
-import { labelBoxesOf, resolveDataEntries, type DataEntry, type SliceData } from './sampling.js';
+import { npzSlice, resolveDataEntries, type DataEntry, type SliceData } from './sampling.js';
 import { drawParams, IDENTITY, pixelMap, scaledBoxShift, shiftBox, warpImage, warpLabel, type AugmentOptions, type SampleParams } from './transforms.js';
 import type { LoaderState } from './types.js';
 import { loadNpzVolume } from './volume.js';
@@ -104,21 +104,7 @@ class VolumeStore {
     const entry = this.entries[f];
     if (entry.kind !== 'npz') throw new Error(`${entry.path}: clips need npz volumes; an npy folder holds single 2D images`);
     const v = loadNpzVolume(entry.path);
-    const plane = v.height * v.width;
-    const slices = Array.from({ length: v.depth }, (_, z): SliceData => {
-      const labels = v.gts.subarray(z * plane, (z + 1) * plane);
-      return {
-        image: v.imgs.subarray(z * plane * v.channels, (z + 1) * plane * v.channels),
-        imageScale: 1 / 255,
-        width: v.width,
-        height: v.height,
-        channels: v.channels,
-        labels,
-        labelWidth: v.width,
-        labelHeight: v.height,
-        labelBoxes: labelBoxesOf(labels, 0, v.width, v.height),
-      };
-    });
+    const slices = Array.from({ length: v.depth }, (_, z) => npzSlice(v, z, false));
     const bytes = v.imgs.byteLength + v.gts.byteLength;
     this.cache.set(f, { slices, bytes });
     this.bytes += bytes;

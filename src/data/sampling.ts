@@ -13,7 +13,7 @@ import {
   readNpyHeader,
   type NpyPairEntry,
 } from './npy-folder.js';
-import { loadNpzVolume, type LabelArray } from './volume.js';
+import { loadNpzVolume, type LabelArray, type Volume } from './volume.js';
 
 export type DataEntry = { kind: 'npz'; path: string } | NpyPairEntry;
 
@@ -135,6 +135,25 @@ function scanEntry(store: SliceStore, f: number): Map<number, LabelPlane> {
   return new Map([[0, { labels, labelWidth: width, labelHeight: height, labelBoxes: npyLabelBoxes(entry, labels, width, height) }]]);
 }
 
+/** Slice z of an npz volume: its own copy of the arrays (`copy`, so the volume can be freed) or views. */
+export function npzSlice(v: Volume, z: number, copy: boolean, labelBoxes?: Map<number, LabelBox>): SliceData {
+  const plane = v.height * v.width;
+  const imgPlane = plane * v.channels;
+  const take = <A extends Uint8Array | LabelArray>(a: A, n: number) => (copy ? a.slice(z * n, (z + 1) * n) : a.subarray(z * n, (z + 1) * n)) as A;
+  const labels = take(v.gts, plane);
+  return {
+    image: take(v.imgs, imgPlane),
+    imageScale: 1 / 255,
+    width: v.width,
+    height: v.height,
+    channels: v.channels,
+    labels,
+    labelWidth: v.width,
+    labelHeight: v.height,
+    labelBoxes: labelBoxes ?? labelBoxesOf(labels, 0, v.width, v.height),
+  };
+}
+
 /** Load one entry, keeping only slices that hold a label (copied out, so the full volume can be freed). */
 export function loadFileData(entry: DataEntry): FileData {
   const slices = new Map<number, SliceData>();
@@ -158,25 +177,12 @@ export function loadFileData(entry: DataEntry): FileData {
   }
   const v = loadNpzVolume(entry.path);
   const plane = v.height * v.width;
-  const imgPlane = plane * v.channels;
   for (let z = 0; z < v.depth; z++) {
     const labelBoxes = labelBoxesOf(v.gts, z * plane, v.width, v.height);
     if (labelBoxes.size === 0) continue;
-    const copy = v.depth > 1;
-    const image = copy ? v.imgs.slice(z * imgPlane, (z + 1) * imgPlane) : v.imgs;
-    const labels = copy ? v.gts.slice(z * plane, (z + 1) * plane) : v.gts;
-    bytes += image.byteLength + labels.byteLength;
-    slices.set(z, {
-      image,
-      imageScale: 1 / 255,
-      width: v.width,
-      height: v.height,
-      channels: v.channels,
-      labels,
-      labelWidth: v.width,
-      labelHeight: v.height,
-      labelBoxes,
-    });
+    const slice = npzSlice(v, z, v.depth > 1, labelBoxes);
+    bytes += slice.image.byteLength + slice.labels.byteLength;
+    slices.set(z, slice);
   }
   return { slices, bytes };
 }

@@ -21,7 +21,7 @@ import type { Objective } from './objective.js';
 import { GradAccumulator } from './optimizer.js';
 import { sam2Loss } from './sam2-loss.js';
 import type { ModelSetup } from './setup.js';
-import { applyGradients, type StepStats } from './step.js';
+import { accumulateMicroBatch, applyGradients, type StepStats } from './step.js';
 
 /** One slice's outputs along a clip. */
 export interface ClipFrameOutput<T> {
@@ -112,24 +112,14 @@ export function clipTensors(batch: ClipBatch): { frames: tf.Tensor[]; boxes: tf.
 
 /** The optimizer step on clips: grad_accum clip batches -> clip forward -> loss -> gradients, then as step.ts. */
 export async function clipTrainStep(run: ModelSetup, loader: ClipLoader, t: TrainConfig['train'], step: number, lrScale: number, runDir: string): Promise<StepStats> {
-  const { model, ops, trainable, keyOfVar } = run;
+  const { model, ops } = run;
   const accumulator = new GradAccumulator();
   const stats: StepStats = { loss: 0, terms: {}, gradNorm: 0, samples: 0 };
   for (let micro = 0; micro < t.grad_accum; micro++) {
     const batch = await loader.next();
     const x = clipTensors(batch);
-    let terms: Record<string, tf.Scalar> = {};
-    const { value, grads } = tf.variableGrads(() => {
-      const objective = clipObjective(clipForward(model, ops, x.frames, x.boxes), x.targets);
-      terms = Object.fromEntries(Object.entries(objective.terms).map(([k, v]) => [k, tf.keep(v)]));
-      return objective.loss;
-    }, [...trainable.values()]);
-    const names = Object.keys(terms);
-    const [lv, ...tv] = await Promise.all([value, ...Object.values(terms)].map(async (s) => (await s.data())[0]));
-    tf.dispose([value, ...Object.values(terms), ...x.frames, x.boxes, x.targets]);
-    accumulator.add(new Map(Object.entries(grads).map(([name, g]) => [keyOfVar.get(name)!, g])));
-    stats.loss += lv / t.grad_accum;
-    names.forEach((k, i) => (stats.terms[k] = (stats.terms[k] ?? 0) + tv[i] / t.grad_accum));
+    await accumulateMicroBatch(run, () => clipObjective(clipForward(model, ops, x.frames, x.boxes), x.targets), accumulator, stats, t.grad_accum, step, micro);
+    tf.dispose([...x.frames, x.boxes, x.targets]);
     stats.samples += batch.batchSize * batch.clipLength;
   }
   return applyGradients(run, accumulator, stats, t, step, lrScale, runDir);

@@ -22,6 +22,7 @@ import { initParams, loadStateDict, paramCount, toTfParams, type StateDict } fro
 import { findCheckpoint, loadCheckpoint, type Checkpoint } from './checkpoint.js';
 import type { TrainConfig } from './config.js';
 import type { EmbeddingCache } from './embedding-cache.js';
+import { readLabelNames as readFolderLabelNames } from '../eval/labels.js';
 import { AdamW, buildParamGroups } from './optimizer.js';
 
 export interface ModelSetup {
@@ -219,25 +220,9 @@ export function describeDropped(d: DroppedSamples, imageSize: number, valNative:
   return parts.length > 0 ? `left out: ${parts.join('; ')}` : '';
 }
 
-/** Label value -> name from the labels.json that `medtune prepare` writes beside the volumes. */
+/** Label value -> name from the labels.json (or dataset.json) beside the volumes. */
 export function readLabelNames(entries: DataEntry[]): Map<number, string> {
-  const names = new Map<number, string>();
-  for (const dir of new Set(entries.map((e) => dirname(e.path)))) {
-    const path = join(dir, 'labels.json');
-    if (!existsSync(path)) continue;
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(readFileSync(path, 'utf8'));
-    } catch (err) {
-      throw new Error(`${path}: not valid JSON (${(err as Error).message})`);
-    }
-    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error(`${path}: expected {"<label value>": "<name>", ...}`);
-    for (const [k, v] of Object.entries(parsed)) {
-      if (!/^\d+$/.test(k) || typeof v !== 'string') throw new Error(`${path}: expected {"<label value>": "<name>", ...}, got "${k}": ${JSON.stringify(v)}`);
-      names.set(Number(k), v);
-    }
-  }
-  return names;
+  return new Map([...new Set(entries.map((e) => dirname(e.path)))].flatMap((dir) => [...readFolderLabelNames(dir)]));
 }
 
 /** A label's name for logs and tags: its labels.json name, or "label N". */

@@ -12,7 +12,7 @@ import type { TrainConfig } from './config.js';
 import { clipGradNorm, GradAccumulator } from './optimizer.js';
 import { batchTensors, pointTensors, promptPoints } from './batch-tensors.js';
 import { maskInputTensor, planCorrectionRounds, type PromptRound } from './corrections.js';
-import { trainingObjective } from './objective.js';
+import { trainingObjective, type Objective } from './objective.js';
 import type { ImageEmbeddings } from '../model/sam2.js';
 import type { ModelSetup } from './setup.js';
 
@@ -46,7 +46,7 @@ export async function trainStep(
   runDir: string,
   corrections: Corrections = NO_CORRECTIONS,
 ): Promise<StepStats> {
-  const { model, ops, trainable, keyOfVar } = run;
+  const { model, ops } = run;
   const accumulator = new GradAccumulator();
   const stats: StepStats = { loss: 0, terms: {}, gradNorm: 0, samples: 0 };
   for (let micro = 0; micro < t.grad_accum; micro++) {
@@ -59,23 +59,41 @@ export async function trainStep(
     const rounds = correct
       ? await planCorrectionRounds(model, ops, x.images, promptPoints(batch), batch.fullMasks ?? missingFullMasks(), corrections.rounds, embed)
       : [{ points: promptPoints(batch) }];
-    let terms: Record<string, tf.Scalar> = {};
-    run.adapter?.dropout?.begin(step, micro);
-    const { value, grads } = tf.variableGrads(() => {
-      const objective = trainingObjective(forwardRounds(run, embed(), batch.batchSize, rounds), x.masks, t);
-      terms = Object.fromEntries(Object.entries(objective.terms).map(([k, v]) => [k, tf.keep(v)]));
-      return objective.loss;
-    }, [...trainable.values()]);
-    run.adapter?.dropout?.end();
-    const names = Object.keys(terms);
-    const [lv, ...tv] = await Promise.all([value, ...Object.values(terms)].map(async (s) => (await s.data())[0]));
-    tf.dispose([value, ...Object.values(terms), x.images, x.boxes, x.masks, ...(encoded ?? [])]);
-    accumulator.add(new Map(Object.entries(grads).map(([name, g]) => [keyOfVar.get(name)!, g])));
-    stats.loss += lv / t.grad_accum;
-    names.forEach((k, i) => (stats.terms[k] = (stats.terms[k] ?? 0) + tv[i] / t.grad_accum));
+    await accumulateMicroBatch(run, () => trainingObjective(forwardRounds(run, embed(), batch.batchSize, rounds), x.masks, t), accumulator, stats, t.grad_accum, step, micro);
+    tf.dispose([x.images, x.boxes, x.masks, ...(encoded ?? [])]);
     stats.samples += batch.batchSize;
   }
   return applyGradients(run, accumulator, stats, t, step, lrScale, runDir);
+}
+
+/**
+ * One micro-batch of an optimizer step: the gradients of `objective` (run under the tape) added to
+ * `accumulator`, its loss and named terms averaged into `stats` over `gradAccum` micro-batches.
+ * Adapter dropout is seeded by (step, micro-batch).
+ */
+export async function accumulateMicroBatch(
+  run: ModelSetup,
+  objective: () => Objective,
+  accumulator: GradAccumulator,
+  stats: StepStats,
+  gradAccum: number,
+  step: number,
+  micro: number,
+): Promise<void> {
+  let terms: Record<string, tf.Scalar> = {};
+  run.adapter?.dropout?.begin(step, micro);
+  const { value, grads } = tf.variableGrads(() => {
+    const o = objective();
+    terms = Object.fromEntries(Object.entries(o.terms).map(([k, v]) => [k, tf.keep(v)]));
+    return o.loss;
+  }, [...run.trainable.values()]);
+  run.adapter?.dropout?.end();
+  const names = Object.keys(terms);
+  const [lv, ...tv] = await Promise.all([value, ...Object.values(terms)].map(async (s) => (await s.data())[0]));
+  tf.dispose([value, ...Object.values(terms)]);
+  accumulator.add(new Map(Object.entries(grads).map(([name, g]) => [run.keyOfVar.get(name)!, g])));
+  stats.loss += lv / gradAccum;
+  names.forEach((k, i) => (stats.terms[k] = (stats.terms[k] ?? 0) + tv[i] / gradAccum));
 }
 
 /**
