@@ -5,7 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { mapIntensities, percentileToUint8, percentiles, parseWindow, windowBounds, windowToUint8 } from '../src/data/intensity.js';
 import { encodeNifti, type NiftiGeometry, type NiftiTypedArray } from '../src/data/nifti.js';
 import { readNpz } from '../src/io/npz.js';
-import { pairFiles, prepareDirectories } from '../src/commands/prepare.js';
+import { pairFiles, prepareDirectories } from '../src/data/prepare.js';
 
 const root = mkdtempSync(join(tmpdir(), 'medtune-prepare-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));

@@ -4,10 +4,12 @@
  * prefetching train loader, the fixed validation set).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { createClipLoader, type ClipLoader } from '../data/clips.js';
+import { modalityFamily, readDecathlon } from '../data/decathlon.js';
 import { buildValSet, createTrainLoader, type TrainLoader } from '../data/loader.js';
+import { prepareDirectories } from '../data/prepare.js';
 import { isBoxOnly, type PromptSampling } from '../data/prompts.js';
 import { resolveDataEntries, type DataEntry } from '../data/sampling.js';
 import { splitByPatient, type PatientSplit } from '../data/split.js';
@@ -111,6 +113,31 @@ export interface DataSetup {
 
 export const SPLIT_FILE = 'split.json';
 
+/**
+ * data.train / data.val naming a Decathlon / nnU-Net folder (dataset.json, imagesTr/, labelsTr/):
+ * its cases are prepared once, as `medtune prepare` does (the intensity recipe of dataset.json's
+ * modality, label names kept), into `<run-dir>/prepared-<train|val>`, which the run then reads.
+ */
+async function withPreparedDecathlon(config: TrainConfig, runDir: string, say: (msg: string) => void): Promise<TrainConfig> {
+  const data = { ...config.data };
+  for (const key of ['train', 'val'] as const) {
+    const root = data[key];
+    if (typeof root !== 'string' || !existsSync(join(root, 'dataset.json'))) continue;
+    const out = join(runDir, `prepared-${key}`);
+    if (!existsSync(out)) {
+      const ds = readDecathlon(root);
+      const modality = modalityFamily(ds.modalityWord);
+      const staging = `${out}.partial`;
+      rmSync(staging, { recursive: true, force: true });
+      say(`data.${key} is a Decathlon folder: preparing its ${ds.cases.length} case(s) (${ds.modalityWord} -> ${modality}) into ${out}`);
+      await prepareDirectories({ root, out: staging, modality, overwrite: true, log: (line) => !line.includes('.npz: (') && say(line) });
+      renameSync(staging, out);
+    }
+    data[key] = out;
+  }
+  return { ...config, data };
+}
+
 /** The loader's prompt sampling; none for the seed recipe's box alone (its batches stay as they were). */
 function promptSampling(config: TrainConfig): PromptSampling | undefined {
   const p = config.prompts;
@@ -148,7 +175,8 @@ function patientSplit(config: TrainConfig, runDir: string, say: (msg: string) =>
 }
 
 /** The train loader (continuing the resumed cursor) and the validation set; generates synthetic data first when configured. */
-export async function setupData(config: TrainConfig, imageSize: number, runDir: string, loaderState: Record<string, unknown> | undefined, say: (msg: string) => void): Promise<DataSetup> {
+export async function setupData(runConfig: TrainConfig, imageSize: number, runDir: string, loaderState: Record<string, unknown> | undefined, say: (msg: string) => void): Promise<DataSetup> {
+  const config = await withPreparedDecathlon(runConfig, runDir, say);
   const d = config.data;
   if (d.generate) {
     const { ensureSyntheticVolumes } = await import('../data/synthetic.js');
