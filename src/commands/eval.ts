@@ -168,6 +168,7 @@ async function perSlice(argv: EvalArgs): Promise<void> {
   const { evaluatePromptsInDir, promptReportJson, promptReportTable, promptShardName, promptShardReport } = await import('../onnx/prompt-eval.js');
   const { resolveShard } = await import('../shard.js');
   const { OnnxModel } = await import('../onnx/runtime.js');
+  const { predictorStability } = await import('../model/mask-decoder.js');
   const { sliceSegmenter } = await import('../onnx/predict.js');
   const { mkdirSync, writeFileSync } = await import('node:fs');
   const { join } = await import('node:path');
@@ -176,14 +177,16 @@ async function perSlice(argv: EvalArgs): Promise<void> {
   const shardDir = argv['shard-out'] ?? (argv.pred ? join(argv.pred, 'eval-shards') : undefined);
   if (shard && !shardDir) throw new Error('a sharded eval --per-slice needs --shard-out DIR (or --pred DIR) for its result file');
   const model = OnnxModel.open(argv.onnx, { threads: argv.threads, needed: ['imageEncoder', 'maskDecoder'] });
+  // the fallback applies only where the export's model config keeps it (sam_mask_decoder_extra_args)
+  const stability = argv.stability && predictorStability(model.config.sam_mask_decoder_extra_args) !== undefined;
   const started = performance.now();
   let samples = 0;
   let report;
   try {
     report = await evaluatePromptsInDir(
       argv.gt,
-      (file, arrays) => sliceSegmenter(model, arrays, file, argv.stability),
-      { boxShift: argv['box-shift'], seed: argv.seed, clicks: argv.clicks, stability: argv.stability },
+      (file, arrays) => sliceSegmenter(model, arrays, file, stability),
+      { boxShift: argv['box-shift'], seed: argv.seed, clicks: argv.clicks, stability },
       {
         shard,
         onCase: (name, rows) => {
