@@ -13,6 +13,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { ClipBatch, ClipLoader } from '../data/clips.js';
 import type { MemoryContext, MemoryFeatures } from '../model/memory-bank.js';
+import { predictorStability } from '../model/mask-decoder.js';
 import { memorySettings, selectMemory, type MemorySettings } from '../model/memory-selection.js';
 import type { Ops } from '../model/ops.js';
 import { useMultimask, type SAM2Base } from '../model/sam2.js';
@@ -79,6 +80,8 @@ export function clipForward<T>(model: SAM2Base, ops: Ops<T>, frames: T[], boxes:
       highRes: frame.highRes,
       points,
       multimaskOutput: useMultimask(c, f === 0, f === 0 ? 2 : 0),
+      // as the official decoder: the single-mask stability fallback outside training only
+      stability: mode.training ? undefined : predictorStability(c.sam_mask_decoder_extra_args),
     });
     const isMaskFromPts = f === 0 && !mode.training;
     stored.push({ memory: model.encodeNewMemory(ops, frame, heads.highResMasks, heads.objectScoreLogits, isMaskFromPts), objPtr: heads.objPtr });
