@@ -13,6 +13,7 @@ import { resolveModelConfig } from '../src/model/config.js';
 import { exportGraphs } from '../src/onnx/export.js';
 import { predictCase } from '../src/onnx/predict.js';
 import { OnnxModel } from '../src/onnx/runtime.js';
+import { runEval } from './helpers/eval-cli.js';
 
 const root = mkdtempSync(join(tmpdir(), 'medtune-eval-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -265,18 +266,7 @@ describe('evaluate: directories, conventions and output', () => {
       writeNpz(join(d.gt, `${name}.npz`), { gts: { data: g, shape }, spacing: { data: Float64Array.from(spacingXyz), shape: [3] } });
       writeNpz(join(d.pred, `${name}.npz`), { segs: { data: shift3(g, shape, [0, i % 3, (i * 2) % 3]), shape } });
     }
-    const run = async (args: string[]) => {
-      const out: string[] = [];
-      const spy = vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => (out.push(String(chunk)), true));
-      const err = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
-      try {
-        await yargs().command(evalCommand).strict().fail((msg, e) => { throw e ?? new Error(msg); }).parseAsync(['eval', ...args]);
-      } finally {
-        spy.mockRestore();
-        err.mockRestore();
-      }
-      return out.join('');
-    };
+    const run = runEval;
     const whole = await run(['--pred', d.pred, '--gt', d.gt]);
     const shardDir = join(root, 'shards', 'out');
     for (const i of [2, 0, 1]) await run(['--pred', d.pred, '--gt', d.gt, '--shard', `${i}/3`, '--shard-out', shardDir]);

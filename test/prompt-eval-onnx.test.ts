@@ -7,9 +7,7 @@
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import yargs from 'yargs';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { evalCommand } from '../src/commands/eval.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { diceCoefficient } from '../src/eval/metrics.js';
 import { encodeNpz, readNpz } from '../src/io/npz.js';
 import { readSafetensors } from '../src/io/safetensors.js';
@@ -18,6 +16,7 @@ import { exportGraphs } from '../src/onnx/export.js';
 import { relativeError } from '../src/onnx/parity.js';
 import { segmentImage } from '../src/onnx/predict.js';
 import { OnnxModel, runSession } from '../src/onnx/runtime.js';
+import { runEval } from './helpers/eval-cli.js';
 
 const golden = join(import.meta.dirname, 'fixtures', 'golden-small256');
 const root = mkdtempSync(join(tmpdir(), 'medtune-prompt-eval-onnx-'));
@@ -50,18 +49,7 @@ beforeAll(() => {
 }, 120_000);
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
-async function run(args: string[]): Promise<string> {
-  const out: string[] = [];
-  const spy = vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => (out.push(String(chunk)), true));
-  const err = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
-  try {
-    await yargs().command(evalCommand).strict().fail((msg, e) => { throw e ?? new Error(msg); }).parseAsync(['eval', ...args]);
-  } finally {
-    spy.mockRestore();
-    err.mockRestore();
-  }
-  return out.join('');
-}
+const run = runEval;
 
 interface Row { case: string; slice: number; label: number; name: string; box: [number, number, number, number]; dsc: number; ellipse_dsc: number; click_dsc: number[]; click_iou: number[] }
 
