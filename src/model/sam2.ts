@@ -200,9 +200,7 @@ export class SAM2Base implements Module {
     const batch = boxShape[0];
     const imageBatch = ops.shape(backboneFpn[0])[0];
     if (batch !== imageBatch) throw new Error(`predictFromBoxes: ${batch} boxes for a batch of ${imageBatch} images`);
-    const coords = ops.reshape(boxes, [-1, 2, 2]);
-    const labels = ops.constant(Array.from({ length: batch }, () => [2, 3]).flat(), [batch, 2]);
-    return this.decodePrompts(ops, this.embeddingsFromFeatures(ops, backboneFpn), { coords, labels }, undefined, multimaskOutput);
+    return this.decodePrompts(ops, this.embeddingsFromFeatures(ops, backboneFpn), boxPoints(ops, boxes), undefined, multimaskOutput);
   }
 
   /** `imageEmbeddings` from the image encoder's outputs (`backboneFpn`, fine to coarse). */
@@ -418,4 +416,10 @@ export class SAM2Base implements Module {
     }
     return { features, posEnc: out.visionPosEnc };
   }
+}
+
+/** (B, 4) boxes x0, y0, x1, y1 as the prompt encoder takes them: two corner points labelled 2 and 3. */
+export function boxPoints<T>(ops: Ops<T>, boxes: T): PointInputs<T> {
+  const batch = ops.shape(boxes)[0];
+  return { coords: ops.reshape(boxes, [-1, 2, 2]), labels: ops.constant(Array.from({ length: batch }, () => [2, 3]).flat(), [batch, 2]) };
 }

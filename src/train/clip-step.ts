@@ -16,7 +16,7 @@ import type { MemoryContext, MemoryFeatures } from '../model/memory-bank.js';
 import { predictorStability } from '../model/mask-decoder.js';
 import { memorySettings, selectMemory, type MemorySettings } from '../model/memory-selection.js';
 import type { Ops } from '../model/ops.js';
-import { useMultimask, type SAM2Base } from '../model/sam2.js';
+import { boxPoints, useMultimask, type SAM2Base } from '../model/sam2.js';
 import type { TrainConfig } from './config.js';
 import type { Objective } from './objective.js';
 import { GradAccumulator } from './optimizer.js';
@@ -57,7 +57,6 @@ function clipSettings(model: SAM2Base, mode: ClipMode): MemorySettings {
 export function clipForward<T>(model: SAM2Base, ops: Ops<T>, frames: T[], boxes: T, mode: ClipMode = { training: true }): ClipFrameOutput<T>[] {
   const c = model.config;
   const settings = clipSettings(model, mode);
-  const batch = ops.shape(boxes)[0];
   const stored: Array<{ memory: MemoryFeatures<T>; objPtr: T }> = [];
   const outputs: ClipFrameOutput<T>[] = [];
   frames.forEach((image, f) => {
@@ -71,10 +70,7 @@ export function clipForward<T>(model: SAM2Base, ops: Ops<T>, frames: T[], boxes:
         tDiffMax: sel.tDiffMax,
       };
     }
-    const points =
-      f === 0
-        ? { coords: ops.reshape(boxes, [-1, 2, 2]), labels: ops.constant(Array.from({ length: batch }, () => [2, 3]).flat(), [batch, 2]) }
-        : undefined;
+    const points = f === 0 ? boxPoints(ops, boxes) : undefined;
     const heads = model.forwardSamHeads(ops, {
       backboneFeatures: model.conditionOnMemory(ops, frame, memory),
       highRes: frame.highRes,
