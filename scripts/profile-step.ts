@@ -1,7 +1,8 @@
 /**
- * `npx tsx scripts/profile-step.ts [--backend cpu|wasm] [--size 256] [--batch 4] [--iters 2] [--profile]`
+ * `npx tsx scripts/profile-step.ts [--backend cpu|wasm] [--model small|tiny] [--threads N] [--size 256] [--batch 4] [--iters 2] [--profile]`
  *
- * Times one training step of the reduced model (the golden small256 widths, the demo's model):
+ * Times one training step of the reduced model (the golden small256 widths, the demo's model) or,
+ * with `--model tiny`, of sam2.1-tiny:
  * forward + backward of `SAM2Base.predictFromBoxes` and the Dice + BCE loss, gradients for the
  * image encoder and mask decoder (the demo's `trainable`). With --profile it also prints a
  * per-kernel breakdown of one step (tf.profile; kernel wall times, forward and backward together).
@@ -21,6 +22,8 @@ import { segmentationLoss } from '../src/train/loss.js';
 
 const args = await yargs(hideBin(process.argv))
   .option('backend', { choices: BACKEND_NAMES, default: 'wasm' as BackendName })
+  .option('model', { choices: ['small', 'tiny'] as const, default: 'small' as const })
+  .option('threads', { type: 'number', describe: 'wasm / tensorflow threads (default: every core)' })
   .option('size', { type: 'number', default: 256 })
   .option('batch', { type: 'number', default: 4 })
   .option('iters', { type: 'number', default: 2, describe: 'timed steps after one warm-up' })
@@ -30,11 +33,11 @@ const args = await yargs(hideBin(process.argv))
   .strict()
   .parse();
 
-const { backend, device } = await selectBackend(args.backend, { quiet: true });
+const { backend, device } = await selectBackend(args.backend, { quiet: true, threads: args.threads });
 console.log(`backend ${backend} (${device})`);
 
 const meta = JSON.parse(readFileSync(join(import.meta.dirname, '..', 'test', 'fixtures', 'golden-small256', 'meta.json'), 'utf8'));
-const config = resolveModelConfig({ ...meta.model_config, image_size: args.size });
+const config = resolveModelConfig(args.model === 'tiny' ? { image_size: args.size } : { ...meta.model_config, image_size: args.size });
 const model = new SAM2Base(config);
 const params = toTfParams(initParams(model.paramSpecs(), 0), {
   trainable: (name) => name.startsWith('image_encoder.') || name.startsWith('sam_mask_decoder.'),

@@ -1,22 +1,22 @@
 /**
- * BatchMatMul on the WASM backend with every batch entry in XNNPACK.
+ * BatchMatMul and _FusedMatMul on the WASM backend, every product in XNNPACK on every thread.
  *
- * tfjs-backend-wasm sends a product to XNNPACK's SIMD GEMM only when it is unbatched and not
- * transposed; everything else (attention's (B, heads, N, d) products, and the transposed products
- * of every matMul gradient) takes a scalar loop about 4-10x slower. This kernel replaces wasm's
- * BatchMatMul: for batched products of equal batch shape and enough work per entry it
- * materializes a transposed operand (a cheap copy), registers each batch entry as a view tensor
- * on the same WASM memory (no copy), and calls the backend's own BatchMatMul export once per
- * entry, writing straight into the output's memory. Everything else goes to the kernel it
- * replaces. Gradients need nothing of their own: tfjs's BatchMatMul gradient is made of
- * BatchMatMuls, which land here again.
+ * tfjs-backend-wasm 4.22 sends a product to XNNPACK only when it is unbatched and not transposed,
+ * and then without its thread pool; everything else (attention's (B, heads, N, d) products, the
+ * transposed products of the gradients) takes a scalar loop 4-10x slower. Its convolution, though,
+ * runs on the pool, and a 1x1 convolution of an (M, K) image by a (K, N) filter is the product
+ * itself, bit for bit. So these kernels materialize a transposed operand (a cheap copy), register
+ * each batch entry as a view tensor on the same WASM memory (no copy) and call the backend's own
+ * Conv2D / FusedConv2D export once per entry, writing straight into the output's memory. Small
+ * products and the cases this does not cover go to the kernel each replaces. Gradients need
+ * nothing of their own: tfjs's product gradients are made of products, which land here again.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 
 interface WasmInternals {
   wasm: {
-    cwrap(name: string, ret: null, args: string[]): (...a: unknown[]) => void;
+    cwrap(name: string, ret: null, args: string[]): (...a: number[]) => void;
     tfjs: { registerTensor(id: number, size: number, offset: number): void; disposeData(id: number): void };
   };
   dataIdMap: { get(dataId: tf.DataId): { id: number; memoryOffset: number } };
@@ -26,16 +26,26 @@ interface WasmInternals {
 
 type Wasm = WasmInternals & Pick<BackendWasm, 'makeOutput'>;
 
-/**
- * Below this many multiply-adds per batch entry the per-entry XNNPACK call (an operator set up and
- * torn down) costs more than WASM's scalar batched loop.
- */
+/** Below this many multiply-adds per entry the per-entry call (an operator set up and torn down) costs more than it saves. */
 const XNN_MIN_MACS = 32 * 1024;
 
-const calls = new WeakMap<object, (...a: unknown[]) => void>();
+interface ConvExports {
+  /** (x, batch, inH, inW, filter, fh, fw, pads t r b l, same, dilations h w, strides h w, inC, outC, out), as tfjs's Conv2D kernel calls it */
+  conv2d: (...a: number[]) => void;
+  /** as conv2d with bias after fw and (activation, prelu, leakyAlpha) before out, as tfjs's FusedConv2D kernel calls it */
+  fusedConv2d: (...a: number[]) => void;
+}
 
-function shapeBytes(shape: number[]): Uint8Array {
-  return new Uint8Array(new Int32Array(shape).buffer);
+const exportsOf = new WeakMap<object, ConvExports>();
+
+function convExports(backend: Wasm): ConvExports {
+  let e = exportsOf.get(backend.wasm);
+  if (!e) {
+    const numbers = (n: number) => Array<string>(n).fill('number');
+    e = { conv2d: backend.wasm.cwrap(tf.Conv2D, null, numbers(19)), fusedConv2d: backend.wasm.cwrap(tf.FusedConv2D, null, numbers(23)) };
+    exportsOf.set(backend.wasm, e);
+  }
+  return e;
 }
 
 /** x with its last two axes swapped, through wasm's own Transpose kernel (a new tensor). */
@@ -46,38 +56,39 @@ function swapLastAxes(x: tf.TensorInfo, backend: Wasm): tf.TensorInfo {
   return tf.getKernel(tf.Transpose, 'wasm')!.kernelFunc({ inputs: { x }, backend: backend as unknown as tf.KernelBackend, attrs: { perm } }) as tf.TensorInfo;
 }
 
-/** a (G, M, K) @ b (G, K, N), any leading shape G, each entry one XNNPACK product. */
-function xnnPerEntry(a: tf.TensorInfo, b: tf.TensorInfo, backend: Wasm): tf.TensorInfo {
+const product = (shape: number[]) => shape.reduce((p, d) => p * d, 1);
+
+/**
+ * a (G, M, K) @ b (G, K, N) (+ bias (N)), any leading shape G; b with leading size 1 is shared by
+ * every entry (then all of a is one product). Each product is one 1x1 convolution in XNNPACK.
+ */
+function xnnProducts(a: tf.TensorInfo, b: tf.TensorInfo, bias: tf.TensorInfo | undefined, backend: Wasm): tf.TensorInfo {
   const r = a.shape.length;
   const [m, k] = a.shape.slice(-2);
-  const n = b.shape[r - 1];
-  const g = a.shape.slice(0, -2).reduce((p, d) => p * d, 1);
-  let call = calls.get(backend.wasm);
-  if (!call) {
-    // the same export and signature tfjs-backend-wasm's BatchMatMul kernel uses
-    call = backend.wasm.cwrap(tf.BatchMatMul, null, ['number', 'array', 'number', 'number', 'array', 'number', 'number', 'number', 'number']);
-    calls.set(backend.wasm, call);
-  }
-  const out = backend.makeOutput([...a.shape.slice(0, -2), m, n], 'float32');
-  const aOff = backend.dataIdMap.get(a.dataId).memoryOffset;
-  const bOff = backend.dataIdMap.get(b.dataId).memoryOffset;
-  const oOff = backend.dataIdMap.get(out.dataId).memoryOffset;
-  const aShape = shapeBytes([1, m, k]);
-  const bShape = shapeBytes([1, k, n]);
+  const n = b.shape[b.shape.length - 1];
+  const shared = product(b.shape.slice(0, -2)) === 1;
+  const entries = shared ? 1 : product(a.shape.slice(0, -2));
+  const rows = shared ? product(a.shape.slice(0, -1)) : m;
+  const { conv2d, fusedConv2d } = convExports(backend);
+  const out = backend.makeOutput([...a.shape.slice(0, r - 2), m, n], 'float32');
+  const offset = (t: tf.TensorInfo) => backend.dataIdMap.get(t.dataId).memoryOffset;
+  const [aOff, bOff, oOff] = [offset(a), offset(b), offset(out)];
   const views: number[] = [];
-  const view = (offset: number, size: number) => {
+  const view = (at: number, size: number) => {
     const id = backend.dataIdNextNumber++;
-    backend.wasm.tfjs.registerTensor(id, size, offset);
+    backend.wasm.tfjs.registerTensor(id, size, at);
     views.push(id);
     return id;
   };
   try {
-    for (let i = 0; i < g; i++) {
-      const av = view(aOff + 4 * i * m * k, m * k);
-      const bv = view(bOff + 4 * i * k * n, k * n);
-      const ov = view(oOff + 4 * i * m * n, m * n);
-      call(av, aShape, 3, bv, bShape, 3, false, false, ov);
-      // unregistering the views also drops the XNNPACK operator cached on bv
+    for (let i = 0; i < entries; i++) {
+      const x = view(aOff + 4 * i * rows * k, rows * k);
+      const filter = view(bOff + 4 * i * k * n, k * n); // (1, 1, K, N): the product's (K, N)
+      const y = view(oOff + 4 * i * rows * n, rows * n);
+      // the image is 1 x rows pixels of K channels; no padding, unit strides and dilations
+      if (bias) fusedConv2d(x, 1, 1, rows, filter, 1, 1, view(offset(bias), n), 0, 0, 0, 0, 0, 1, 1, 1, 1, k, n, 0 /* linear */, 0, 0, y);
+      else conv2d(x, 1, 1, rows, filter, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1, k, n, y);
+      // unregistering the views also drops the XNNPACK operator cached on them (filter, bias)
       for (const id of views.splice(0)) backend.wasm.tfjs.disposeData(id);
     }
   } finally {
@@ -86,43 +97,71 @@ function xnnPerEntry(a: tf.TensorInfo, b: tf.TensorInfo, backend: Wasm): tf.Tens
   return out;
 }
 
+/**
+ * The product through xnnProducts, or null where it does not apply: not float32, batch shapes
+ * other than equal or b's of size 1 (a transposed a then cannot be folded), or too little work.
+ */
+function viaXnn(a: tf.TensorInfo, b: tf.TensorInfo, transposeA: boolean, transposeB: boolean, bias: tf.TensorInfo | undefined, backend: Wasm): tf.TensorInfo | null {
+  const r = a.shape.length;
+  if (r < 2 || b.shape.length !== r || a.dtype !== 'float32' || b.dtype !== 'float32') return null;
+  const batchA = a.shape.slice(0, -2);
+  const batchB = b.shape.slice(0, -2);
+  const sameBatch = batchA.every((d, i) => d === batchB[i]);
+  const sharedB = product(batchB) === 1 && !transposeA;
+  if (!sameBatch && !sharedB) return null;
+  const [m, k] = transposeA ? [a.shape[r - 1], a.shape[r - 2]] : [a.shape[r - 2], a.shape[r - 1]];
+  const n = transposeB ? b.shape[r - 2] : b.shape[r - 1];
+  if (m * k * n < XNN_MIN_MACS) return null;
+  if (bias && (bias.dtype !== 'float32' || bias.shape.length !== 1 || bias.shape[0] !== n)) return null;
+  const at = transposeA ? swapLastAxes(a, backend) : a;
+  const bt = transposeB ? swapLastAxes(b, backend) : b;
+  try {
+    return xnnProducts(at, bt, bias, backend);
+  } finally {
+    if (at !== a) backend.disposeData(at.dataId);
+    if (bt !== b) backend.disposeData(bt.dataId);
+  }
+}
+
 function batchMatMulKernel(replaced: tf.KernelConfig): tf.KernelFunc {
   return (args) => {
-    const backend = args.backend as unknown as Wasm;
     const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
     const { transposeA, transposeB } = args.attrs as unknown as tf.BatchMatMulAttrs;
-    const r = a.shape.length;
-    const sameBatch = r >= 3 && b.shape.length === r && a.shape.slice(0, -2).every((d, i) => d === b.shape[i]);
-    const batch = a.shape.slice(0, -2).reduce((p, d) => p * d, 1);
-    const [m, k] = transposeA ? [a.shape[r - 1], a.shape[r - 2]] : [a.shape[r - 2], a.shape[r - 1]];
-    const n = transposeB ? b.shape[r - 2] : b.shape[r - 1];
-    if (!sameBatch || batch < 2 || a.dtype !== 'float32' || b.dtype !== 'float32' || m * k * n < XNN_MIN_MACS) return replaced.kernelFunc(args);
-    const at = transposeA ? swapLastAxes(a, backend) : a;
-    const bt = transposeB ? swapLastAxes(b, backend) : b;
-    try {
-      return xnnPerEntry(at, bt, backend);
-    } finally {
-      if (at !== a) backend.disposeData(at.dataId);
-      if (bt !== b) backend.disposeData(bt.dataId);
-    }
+    return viaXnn(a, b, transposeA, transposeB, undefined, args.backend as unknown as Wasm) ?? replaced.kernelFunc(args);
+  };
+}
+
+function fusedMatMulKernel(replaced: tf.KernelConfig): tf.KernelFunc {
+  return (args) => {
+    const { a, b, bias, preluActivationWeights } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo; bias?: tf.TensorInfo; preluActivationWeights?: tf.TensorInfo };
+    const { transposeA, transposeB, activation } = args.attrs as unknown as tf._FusedMatMulAttrs;
+    if ((activation ?? 'linear') !== 'linear' || preluActivationWeights) return replaced.kernelFunc(args);
+    return viaXnn(a, b, transposeA, transposeB, bias ?? undefined, args.backend as unknown as Wasm) ?? replaced.kernelFunc(args);
   };
 }
 
 const ours = new Set<tf.KernelFunc>();
 
-/** Replaces wasm's BatchMatMul (idempotent; once the wasm package has registered its own). */
-export function registerXnnBatchMatMul(): void {
-  const existing = tf.getKernel(tf.BatchMatMul, 'wasm');
+function replace(kernelName: string, make: (replaced: tf.KernelConfig) => tf.KernelFunc): void {
+  const existing = tf.getKernel(kernelName, 'wasm');
   if (!existing || ours.has(existing.kernelFunc)) return;
-  tf.unregisterKernel(tf.BatchMatMul, 'wasm');
-  const kernelFunc = batchMatMulKernel(existing);
+  tf.unregisterKernel(kernelName, 'wasm');
+  const kernelFunc = make(existing);
   ours.add(kernelFunc);
   // the replaced kernel's setup (its cwrap of the export) still has to run for the fallback
-  tf.registerKernel({ kernelName: tf.BatchMatMul, backendName: 'wasm', setupFunc: existing.setupFunc, kernelFunc });
+  tf.registerKernel({ kernelName, backendName: 'wasm', setupFunc: existing.setupFunc, kernelFunc });
 }
 
-/** True when wasm's BatchMatMul is this file's kernel. */
+/** Replaces wasm's BatchMatMul and _FusedMatMul (idempotent; once the wasm package has registered its own). */
+export function registerXnnBatchMatMul(): void {
+  replace(tf.BatchMatMul, batchMatMulKernel);
+  replace(tf._FusedMatMul, fusedMatMulKernel);
+}
+
+/** True when wasm's BatchMatMul and _FusedMatMul are this file's kernels. */
 export function xnnBatchMatMulRegistered(): boolean {
-  const k = tf.getKernel(tf.BatchMatMul, 'wasm');
-  return k !== undefined && ours.has(k.kernelFunc);
+  return [tf.BatchMatMul, tf._FusedMatMul].every((name) => {
+    const k = tf.getKernel(name, 'wasm');
+    return k !== undefined && ours.has(k.kernelFunc);
+  });
 }

@@ -1,0 +1,105 @@
+/**
+ * wasm's BatchMatMul and _FusedMatMul replacements (src/backends/wasm-batch-matmul.ts: each
+ * product as XNNPACK's threaded 1x1 convolution) against products computed here in float64:
+ * plain, transposed either side, batched, a right operand shared across the batch, with a bias,
+ * and a small product left to the kernel it replaces.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { selectBackend } from '../src/backend.js';
+import { xnnBatchMatMulRegistered } from '../src/backends/wasm-batch-matmul.js';
+
+function values(n: number, seed: number): Float32Array {
+  let s = seed;
+  return Float32Array.from({ length: n }, () => {
+    s = (s * 1103515245 + 12345) % 2147483648;
+    return (s / 2147483648) * 2 - 1;
+  });
+}
+
+/** out[g] = op(a[g]) @ op(b[g or 0]) (+ bias) in float64, for row-major a (G, r, c) and b (Gb, r, c). */
+function reference(a: Float32Array, aShape: number[], b: Float32Array, bShape: number[], tA: boolean, tB: boolean, bias?: Float32Array): Float64Array {
+  const g = aShape.slice(0, -2).reduce((p, d) => p * d, 1);
+  const gb = bShape.slice(0, -2).reduce((p, d) => p * d, 1);
+  const [ar, ac] = aShape.slice(-2);
+  const [br, bc] = bShape.slice(-2);
+  const [m, k] = tA ? [ac, ar] : [ar, ac];
+  const n = tB ? br : bc;
+  const out = new Float64Array(g * m * n);
+  for (let e = 0; e < g; e++) {
+    const ao = e * ar * ac;
+    const bo = (gb === 1 ? 0 : e) * br * bc;
+    for (let i = 0; i < m; i++) {
+      for (let j = 0; j < n; j++) {
+        let s = bias ? bias[j] : 0;
+        for (let t = 0; t < k; t++) s += a[ao + (tA ? t * ac + i : i * ac + t)] * b[bo + (tB ? j * bc + t : t * bc + j)];
+        out[(e * m + i) * n + j] = s;
+      }
+    }
+  }
+  return out;
+}
+
+function expectClose(got: Float32Array, want: Float64Array): void {
+  expect(got.length).toBe(want.length);
+  const scale = want.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  let worst = 0;
+  for (let i = 0; i < got.length; i++) worst = Math.max(worst, Math.abs(got[i] - want[i]));
+  expect(worst / scale).toBeLessThan(2e-6);
+}
+
+const CASES: Array<{ name: string; a: number[]; b: number[]; tA?: boolean; tB?: boolean; bias?: boolean }> = [
+  { name: 'plain (M, K) @ (K, N)', a: [70, 48], b: [48, 40] },
+  { name: 'a transposed', a: [48, 70], b: [48, 40], tA: true },
+  { name: 'b transposed', a: [70, 48], b: [40, 48], tB: true },
+  { name: 'both transposed', a: [48, 70], b: [40, 48], tA: true, tB: true },
+  { name: 'batched (2, 3) entries', a: [2, 3, 40, 36], b: [2, 3, 36, 33] },
+  { name: 'batched, b transposed', a: [3, 40, 36], b: [3, 33, 36], tB: true },
+  { name: 'b shared across a batch of 3', a: [3, 40, 36], b: [1, 36, 33] },
+  { name: 'with a bias', a: [1, 70, 48], b: [1, 48, 40], bias: true },
+  { name: 'with a bias, b transposed, batched', a: [2, 70, 48], b: [2, 40, 48], tB: true, bias: true },
+  { name: 'small: the replaced kernel', a: [5, 6], b: [6, 7] },
+];
+
+describe('wasm products through XNNPACK convolutions, against float64', () => {
+  beforeAll(async () => {
+    await selectBackend('wasm', { threads: 2, quiet: true });
+  });
+  afterAll(async () => {
+    await selectBackend('cpu', { quiet: true });
+  });
+
+  it('replaces both product kernels', () => {
+    expect(xnnBatchMatMulRegistered()).toBe(true);
+  });
+
+  for (const c of CASES) {
+    it(c.name, async () => {
+      const size = (s: number[]) => s.reduce((p, d) => p * d, 1);
+      const a = values(size(c.a), 1);
+      const b = values(size(c.b), 2);
+      const n = c.tB ? c.b[c.b.length - 2] : c.b[c.b.length - 1];
+      const bias = c.bias ? values(n, 3) : undefined;
+      const before = tf.memory().numTensors;
+      const out = tf.tidy(() => {
+        const at = tf.tensor(a, c.a);
+        const bt = tf.tensor(b, c.b);
+        if (bias) return tf.fused.matMul({ a: at as tf.Tensor3D, b: bt as tf.Tensor3D, transposeA: c.tA, transposeB: c.tB, bias: tf.tensor1d(bias) });
+        return tf.matMul(at, bt, c.tA, c.tB);
+      });
+      expectClose((await out.data()) as Float32Array, reference(a, c.a, b, c.b, c.tA ?? false, c.tB ?? false, bias));
+      out.dispose();
+      expect(tf.memory().numTensors).toBe(before);
+    });
+  }
+
+  it('gives the same values on 1 and 2 threads', async () => {
+    const a = values(90 * 64, 4);
+    const b = values(64 * 80, 5);
+    const run = async () => tf.tidy(() => tf.matMul(tf.tensor(a, [90, 64]), tf.tensor(b, [64, 80]))).data();
+    const two = await run();
+    await selectBackend('wasm', { threads: 1, quiet: true });
+    const one = await run();
+    expect(Array.from(two)).toEqual(Array.from(one));
+  });
+});
