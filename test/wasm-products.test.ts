@@ -2,7 +2,7 @@
  * wasm's BatchMatMul and _FusedMatMul replacements (src/backends/wasm-batch-matmul.ts: each
  * product as XNNPACK's threaded 1x1 convolution) against products computed here in float64:
  * plain, transposed either side, batched, a right operand shared across the batch, with a bias,
- * and a small product left to the kernel it replaces.
+ * and small products (the unbiased ones left to the kernel replaced, whose bias is wrong).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -58,7 +58,10 @@ const CASES: Array<{ name: string; a: number[]; b: number[]; tA?: boolean; tB?: 
   { name: 'b shared across a batch of 3', a: [3, 40, 36], b: [1, 36, 33] },
   { name: 'with a bias', a: [1, 70, 48], b: [1, 48, 40], bias: true },
   { name: 'with a bias, b transposed, batched', a: [2, 70, 48], b: [2, 40, 48], tB: true, bias: true },
-  { name: 'small: the replaced kernel', a: [5, 6], b: [6, 7] },
+  { name: 'small: the replaced kernel', a: [5, 6], b: [6, 7], tA: false },
+  { name: 'small with a bias, b transposed (wasm own loop gets this wrong)', a: [5, 6], b: [7, 6], tB: true, bias: true },
+  { name: 'small batched with a bias and a transposed', a: [2, 6, 5], b: [2, 6, 7], tA: true, bias: true },
+  { name: 'a transposed against a shared b, with a bias: the product, then the bias', a: [2, 60, 50], b: [1, 60, 70], tA: true, bias: true },
 ];
 
 describe('wasm products through XNNPACK convolutions, against float64', () => {

@@ -26,7 +26,7 @@ interface WasmInternals {
 
 type Wasm = WasmInternals & Pick<BackendWasm, 'makeOutput'>;
 
-/** Below this many multiply-adds per entry the per-entry call (an operator set up and torn down) costs more than it saves. */
+/** Below this many multiply-adds per entry of a batch the per-entry call (an operator set up and torn down) costs more than it saves. */
 const XNN_MIN_MACS = 32 * 1024;
 
 interface ConvExports {
@@ -99,7 +99,8 @@ function xnnProducts(a: tf.TensorInfo, b: tf.TensorInfo, bias: tf.TensorInfo | u
 
 /**
  * The product through xnnProducts, or null where it does not apply: not float32, batch shapes
- * other than equal or b's of size 1 (a transposed a then cannot be folded), or too little work.
+ * other than equal or b's of size 1 (a transposed a then cannot be folded), a bias that is not
+ * one value per column, or a batch of small unbiased products.
  */
 function viaXnn(a: tf.TensorInfo, b: tf.TensorInfo, transposeA: boolean, transposeB: boolean, bias: tf.TensorInfo | undefined, backend: Wasm): tf.TensorInfo | null {
   const r = a.shape.length;
@@ -111,8 +112,10 @@ function viaXnn(a: tf.TensorInfo, b: tf.TensorInfo, transposeA: boolean, transpo
   if (!sameBatch && !sharedB) return null;
   const [m, k] = transposeA ? [a.shape[r - 1], a.shape[r - 2]] : [a.shape[r - 2], a.shape[r - 1]];
   const n = transposeB ? b.shape[r - 2] : b.shape[r - 1];
-  if (m * k * n < XNN_MIN_MACS) return null;
   if (bias && (bias.dtype !== 'float32' || bias.shape.length !== 1 || bias.shape[0] !== n)) return null;
+  // one call whatever its size, and never a bias in wasm's own loop (it adds the bias of the
+  // last column to every row after the first, once per block of K)
+  if (m * k * n < XNN_MIN_MACS && !sharedB && !bias) return null;
   const at = transposeA ? swapLastAxes(a, backend) : a;
   const bt = transposeB ? swapLastAxes(b, backend) : b;
   try {
@@ -136,7 +139,18 @@ function fusedMatMulKernel(replaced: tf.KernelConfig): tf.KernelFunc {
     const { a, b, bias, preluActivationWeights } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo; bias?: tf.TensorInfo; preluActivationWeights?: tf.TensorInfo };
     const { transposeA, transposeB, activation } = args.attrs as unknown as tf._FusedMatMulAttrs;
     if ((activation ?? 'linear') !== 'linear' || preluActivationWeights) return replaced.kernelFunc(args);
-    return viaXnn(a, b, transposeA, transposeB, bias ?? undefined, args.backend as unknown as Wasm) ?? replaced.kernelFunc(args);
+    const backend = args.backend as unknown as Wasm;
+    const fused = viaXnn(a, b, transposeA, transposeB, bias ?? undefined, backend);
+    if (fused || !bias) return fused ?? replaced.kernelFunc(args);
+    // wasm's own loop gets the bias wrong: the product, then the bias added
+    const run = (name: string, inputs: tf.NamedTensorInfoMap, attrs: tf.NamedAttrMap = {}) =>
+      tf.getKernel(name, 'wasm')!.kernelFunc({ inputs, attrs, backend: args.backend }) as tf.TensorInfo;
+    const plain = run(tf.BatchMatMul, { a, b }, { transposeA, transposeB });
+    try {
+      return run(tf.Add, { a: plain, b: bias });
+    } finally {
+      backend.disposeData(plain.dataId);
+    }
   };
 }
 

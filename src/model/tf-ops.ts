@@ -5,11 +5,10 @@ import type { Conv2dOptions, LinearAdapters, Ops } from './ops.js';
 import { fusedLayerNorm, hasFusedLayerNorm } from './fused-layer-norm.js';
 
 /*
- * Matrix products. On the WASM backend only an unbatched product without transposes runs in
- * XNNPACK (SIMD GEMM); a transposed or batched one takes a scalar loop about 10x slower. tfjs's
- * own matMul gradient uses transposed products, so the 2-D products below carry a hand-written
- * gradient whose products are plain ones too (transposes are materialized: cheap copies).
- * On the CPU backend the same formulation costs about the same as tfjs's.
+ * Matrix products take their transposes as flags (linear layers multiply by W (out, in)
+ * transposed), so tfjs's own product gradients apply and no backend materializes a transpose it
+ * can read in place. Every backend's product kernel takes the flags; on WASM medtune's
+ * (backends/wasm-batch-matmul.ts) materializes the transposed operand for XNNPACK itself.
  */
 
 /**
@@ -24,59 +23,9 @@ function equalTo(x: tf.Tensor, value: number): tf.Tensor {
   return op(x);
 }
 
-/** a (M, K) @ b (K, N); gradients dA = dY @ B^T and dB = A^T @ dY as plain products. */
-const matMul2d = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
-  const [a, b, save] = args as [tf.Tensor, tf.Tensor, tf.GradSaveFunc];
-  save([a, b]);
-  return {
-    value: tf.matMul(a, b),
-    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-      const [sa, sb] = saved;
-      return [tf.tidy(() => tf.matMul(dy, tf.transpose(sb))), tf.tidy(() => tf.matMul(tf.transpose(sa), dy))];
-    },
-  };
-}) as (a: tf.Tensor, b: tf.Tensor) => tf.Tensor;
-
-/** x (M, in) @ W^T for W (out, in); gradients dX = dY @ W and dW = dY^T @ X as plain products. */
-const linear2d = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
-  const [x, w, save] = args as [tf.Tensor, tf.Tensor, tf.GradSaveFunc];
-  save([x, w]);
-  return {
-    value: tf.tidy(() => tf.matMul(x, tf.transpose(w))),
-    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-      const [sx, sw] = saved;
-      return [tf.matMul(dy, sw), tf.tidy(() => tf.matMul(tf.transpose(dy), sx))];
-    },
-  };
-}) as (x: tf.Tensor, w: tf.Tensor) => tf.Tensor;
-
 /**
- * linear2d plus a bias (B, fused into the product); dB = dY^T @ 1, a product too (a column sum
- * through the backends' reductions transposes first).
- */
-const linear2dBias = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
-  const [x, w, b, save] = args as [tf.Tensor, tf.Tensor, tf.Tensor, tf.GradSaveFunc];
-  save([x, w]);
-  return {
-    value: tf.tidy(() => tf.fused.matMul({ a: x as tf.Tensor2D, b: tf.transpose(w) as tf.Tensor2D, bias: b })),
-    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-      const [sx, sw] = saved;
-      const dyT = tf.transpose(dy);
-      const grads = [
-        tf.matMul(dy, sw),
-        tf.matMul(dyT, sx),
-        // dY^T @ 1 (the product's right operand is the small one, as XNNPACK wants)
-        tf.tidy(() => tf.reshape(tf.matMul(dyT, tf.ones([dy.shape[0] as number, 1])), [dy.shape[1] as number])),
-      ];
-      dyT.dispose();
-      return grads;
-    },
-  };
-}) as (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.Tensor;
-
-/**
- * x (M, in) @ W^T (+ b) for a frozen W and b: only dX = dY @ W is computed (the customGrad
- * products above compute every input's gradient, the frozen weight's too). W is saved for the
+ * x (M, in) @ W^T (+ b) for a frozen W and b: only dX = dY @ W is computed (tfjs's product
+ * gradient computes every input's, the frozen weight's too). W is saved for the
  * backward pass, not an input, so it gets no gradient.
  */
 function frozenLinear2d(x: tf.Tensor, w: tf.Tensor, bias?: tf.Tensor): tf.Tensor {
@@ -84,7 +33,7 @@ function frozenLinear2d(x: tf.Tensor, w: tf.Tensor, bias?: tf.Tensor): tf.Tensor
     const [input, save] = args as [tf.Tensor, tf.GradSaveFunc];
     save([w]);
     return {
-      value: tf.tidy(() => tf.fused.matMul({ a: input as tf.Tensor2D, b: tf.transpose(w) as tf.Tensor2D, bias })),
+      value: tf.fused.matMul({ a: input as tf.Tensor2D, b: w as tf.Tensor2D, transposeB: true, bias }),
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => [tf.matMul(dy, saved[0])],
     };
   })(x);
@@ -194,11 +143,11 @@ export class TfOps implements Ops<tf.Tensor> {
   matMul(a: tf.Tensor, b: tf.Tensor, transposeA = false, transposeB = false) {
     const unbatched = (t: tf.Tensor) => t.rank >= 2 && t.shape.slice(0, -2).every((d) => d === 1);
     if (unbatched(a) && unbatched(b)) {
-      // one plain 2-D product (the rest of the shape is ones): the fast path, see matMul2d
+      // one plain 2-D product (the rest of the shape is ones)
       return tf.tidy(() => {
         const a2 = tf.reshape(a, a.shape.slice(-2));
         const b2 = tf.reshape(b, b.shape.slice(-2));
-        const y = matMul2d(transposeA ? tf.transpose(a2) : a2, transposeB ? tf.transpose(b2) : b2);
+        const y = tf.matMul(a2, b2, transposeA, transposeB);
         const lead = a.rank >= b.rank ? a.shape.slice(0, -2) : b.shape.slice(0, -2);
         return lead.length ? tf.reshape(y, [...lead, ...y.shape]) : y;
       });
@@ -207,7 +156,7 @@ export class TfOps implements Ops<tf.Tensor> {
       // a batch of rows against one matrix: fold the batch into the rows
       return tf.tidy(() => {
         const k = a.shape[a.rank - 1];
-        const y = matMul2d(tf.reshape(a, [-1, k]), transposeB ? tf.transpose(b) : b);
+        const y = tf.matMul(tf.reshape(a, [-1, k]), b, false, transposeB);
         return tf.reshape(y, [...a.shape.slice(0, -1), y.shape[1] as number]);
       });
     }
@@ -224,9 +173,14 @@ export class TfOps implements Ops<tf.Tensor> {
       const outDim = weight.shape[0];
       const x2 = tf.reshape(x, [-1, inDim]);
       const frozen = this.frozen(weight) && (!bias || (bias.rank === 1 && this.frozen(bias)));
+      // W is (out, in): the product takes it transposed, as every backend's product kernel can
       const y = frozen
         ? frozenLinear2d(x2, weight, bias)
-        : bias && bias.rank === 1 ? linear2dBias(x2, weight, bias) : bias ? tf.add(linear2d(x2, weight), bias) : linear2d(x2, weight);
+        : bias && bias.rank === 1
+          ? tf.fused.matMul({ a: x2 as tf.Tensor2D, b: weight as tf.Tensor2D, transposeB: true, bias })
+          : bias
+            ? tf.add(tf.matMul(x2, weight, false, true), bias)
+            : tf.matMul(x2, weight, false, true);
       return tf.reshape(y, [...x.shape.slice(0, -1), outDim]);
     });
   }
