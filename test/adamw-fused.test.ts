@@ -3,8 +3,10 @@
  * webgpu-adamw.ts) against the composite tfjs-op path of the same AdamW class (the kernel
  * unregistered), over three steps with and without weight decay, on each backend; and against
  * PyTorch's golden AdamW step. Without a WebGPU adapter the webgpu cases skip, and fail when CI is set.
+ * On tensorflow (no custom kernels there) the composite path makes its scalar tensors once per step.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { selectBackend } from '../src/backend.js';
@@ -41,19 +43,30 @@ interface Run {
   tensors: number[];
   /** kernels run by the last step */
   kernels: string[];
+  /** tensors the last step created: kernel outputs and uploads */
+  created: number;
+}
+
+/** The id the next tensor gets (ids count up from the engine's start). */
+function nextTensorId(): number {
+  const t = tf.tensor([0]);
+  t.dispose();
+  return t.id + 1;
 }
 
 /** Three AdamW steps on the active backend from fixed parameters and gradients. */
 async function run(weightDecay: number): Promise<Run> {
   const params = new Map(Object.entries(SHAPES).map(([k, shape], i) => [k, tf.variable(tf.tensor(values(tf.util.sizeFromShape(shape), 7 + i, 1), shape))]));
   const opt = new AdamW(params, buildParamGroups(params, { lr: 0.01, weightDecay, noDecayBiasNorm: true }));
-  const out: Run = { snapshots: [], tensors: [], kernels: [] };
+  const out: Run = { snapshots: [], tensors: [], kernels: [], created: 0 };
   for (let step = 0; step < STEPS; step++) {
     const grads = new Map(
       Object.entries(SHAPES).map(([k, shape], i) => [k, tf.tensor(values(tf.util.sizeFromShape(shape), 100 * step + i, 0.1 * (step + 1)), shape)]),
     );
     // the schedule's lr scale changes between steps
+    const firstId = nextTensorId();
     const profile = await tf.profile(() => opt.step(grads, 1 - 0.2 * step));
+    out.created = nextTensorId() - 1 - firstId;
     out.kernels = profile.kernels.map((k) => k.name);
     tf.dispose([...grads.values()]);
     out.tensors.push(tf.memory().numTensors);
@@ -158,4 +171,45 @@ describe.each(backends)('fused AdamW on %s', (backend) => {
     tf.dispose([...grads.values(), ...params.values()]);
     opt.dispose();
   });
+});
+
+const require = createRequire(import.meta.url);
+const tensorflowInstalled = (() => {
+  try {
+    require.resolve('@tensorflow/tfjs-node');
+    return true;
+  } catch {
+    return false;
+  }
+})();
+// in CI the backend must be there (.ci/run builds it): run, and fail on its absence
+const runTensorflow = tensorflowInstalled || Boolean(process.env.CI);
+
+describe('AdamW without the fused kernel', () => {
+  afterAll(async () => {
+    await selectBackend('cpu', { quiet: true });
+  });
+
+  /** At most one scalar per distinct constant: decay, 1 - beta1, beta2, 1 - beta2, sqrt(bias correction 2), eps, -step size. */
+  const SCALARS_PER_STEP = 7;
+
+  it('makes its scalar tensors once per step, not per op (cpu, kernel unregistered)', async () => {
+    const composite = await runComposite(0.05);
+    expect(composite.created - composite.kernels.length).toBeGreaterThan(0);
+    expect(composite.created - composite.kernels.length).toBeLessThanOrEqual(SCALARS_PER_STEP);
+  });
+
+  it.skipIf(!runTensorflow)(
+    `equals the fused cpu kernel on tensorflow, which has none${runTensorflow ? '' : ' (skipped: @tensorflow/tfjs-node is not installed)'}`,
+    async () => {
+      const fused = await run(0.05);
+      await selectBackend('tensorflow', { quiet: true, threads: 1 });
+      expect(tf.getKernel(FUSED_ADAMW, 'tensorflow')).toBeUndefined();
+      const composite = await run(0.05);
+      expect(composite.kernels).toContain('Multiply');
+      expect(composite.created - composite.kernels.length).toBeLessThanOrEqual(SCALARS_PER_STEP);
+      expectSameRuns(fused, composite);
+      expectFlatTensorCount(composite);
+    },
+  );
 });
