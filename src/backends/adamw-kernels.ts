@@ -44,10 +44,13 @@ export function adamWUpdate(
     k.negStepSize,
   ].map(f);
   const [p, m, v] = out;
+  // zeros rather than a branch per element: the first step happens once per parameter
+  const mPrev = expAvg0 ?? new Float32Array(param.length);
+  const vPrev = expAvgSq0 ?? new Float32Array(param.length);
   for (let i = 0; i < param.length; i++) {
     const g = grad[i];
-    const m0 = expAvg0 ? expAvg0[i] : 0;
-    const v0 = expAvgSq0 ? expAvgSq0[i] : 0;
+    const m0 = mPrev[i];
+    const v0 = vPrev[i];
     // decayed = p*(1-lr*wd); m = m0 + (g-m0)*(1-b1); v = v0*b2 + (g*(1-b2))*g
     const decayed = f(param[i] * decay);
     const mi = f(m0 + f(f(g - m0) * oneMinusBeta1));
