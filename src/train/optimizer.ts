@@ -2,7 +2,9 @@
  * AdamW with PyTorch's semantics (`torch.optim.AdamW`, single-tensor path): decoupled weight
  * decay `p *= 1 - lr * wd`, bias-corrected moments, eps added outside the square root.
  * Parameters without a gradient are left alone (no decay, no state); a zero gradient is a
- * gradient and still decays. Hyper-parameters come per parameter group.
+ * gradient and still decays. Hyper-parameters come per parameter group. Each parameter's update is
+ * one FUSED_ADAMW kernel where the active backend registers it (cpu, wasm, webgpu), else tfjs ops
+ * with the same float32 arithmetic (tensorflow).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { StateDict } from '../io/safetensors.js';
@@ -221,7 +223,13 @@ export async function clipGradNorm(
   }
   const coef = maxNorm ? Math.min(1, maxNorm / (norm + 1e-6)) : 1;
   if (coef >= 1) return { grads: new Map(grads), norm };
-  return { grads: new Map([...grads].map(([k, g]) => [k, tf.mul(g, coef)])), norm };
+  // one scalar for every gradient (tf.mul(g, coef) would upload one each)
+  const scale = tf.scalar(coef);
+  try {
+    return { grads: new Map([...grads].map(([k, g]) => [k, tf.mul(g, scale)])), norm };
+  } finally {
+    scale.dispose();
+  }
 }
 
 export interface GroupOptions {
