@@ -75,8 +75,8 @@ const adamWKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   checkAdamWInputs({ param, grad, expAvg, expAvgSq });
   const size = tf.util.sizeFromShape(param.shape);
   const flat = (t: tf.TensorInfo) => ({ ...t, shape: [size] });
-  const byName: Record<string, tf.TensorInfo> = { weight: param, grad };
-  if (expAvg && expAvgSq) Object.assign(byName, { expAvg, expAvgSq });
+  // the moments are absent on the first step; the programs then do not name them
+  const byName = { weight: param, grad, expAvg, expAvgSq } as Record<string, tf.TensorInfo>;
   const k = adamWFactors(attrs as unknown as AdamWAttrs);
   const uniforms = [k.decay, k.oneMinusBeta1, k.beta2, k.oneMinusBeta2, k.biasCorrection2Sqrt, k.eps, k.negStepSize].map((v) => ({
     type: 'float32',
