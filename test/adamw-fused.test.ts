@@ -151,6 +151,16 @@ describe.each(backends)('fused AdamW on %s', (backend) => {
     });
   }
 
+  it('rejects a gradient of another shape, naming both shapes', async () => {
+    await selectBackend(backend, { quiet: true, threads: 1 });
+    const params = new Map([['w', tf.variable(tf.zeros([2, 3]))]]);
+    const opt = new AdamW(params, buildParamGroups(params, { lr: 0.01, weightDecay: 0 }));
+    const grads = new Map([['w', tf.zeros([3, 2])]]);
+    expect(() => opt.step(grads)).toThrow(`${FUSED_ADAMW}: shape [3,2] where the parameter is [2,3]`);
+    tf.dispose([...grads.values(), ...params.values()]);
+    opt.dispose();
+  });
+
   it('reproduces torch.optim.AdamW(lr=1e-3, weight_decay=0.01) one step from the golden gradients', async () => {
     await selectBackend(backend, { quiet: true, threads: 1 });
     const weights = readSafetensors(join(GOLDEN_DIR, 'weights.safetensors'));

@@ -1,8 +1,8 @@
 /**
  * The fused AdamW update (FUSED_ADAMW, src/train/optimizer.ts) for the `cpu` and `wasm` backends:
  * one loop over the parameter's typed arrays instead of ~14 tfjs ops, each a pass over the
- * parameter (and a scalar tensor per op). Every operation is rounded to float32 as the op it
- * replaces rounds its output, so the result equals the composite path's.
+ * parameter. Every operation is rounded to float32 as the op it replaces rounds its output, so the
+ * result equals the composite path's bit for bit.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { adamWFactors, FUSED_ADAMW, type AdamWAttrs } from '../train/optimizer.js';
