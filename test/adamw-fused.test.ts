@@ -4,6 +4,7 @@
  * unregistered), over three steps with and without weight decay, on each backend; and against
  * PyTorch's golden AdamW step. Without a WebGPU adapter the webgpu cases skip, and fail when CI is set.
  * On tensorflow (no custom kernels there) the composite path makes its scalar tensors once per step.
+ * On webgpu clipGradNorm's fused sum of squares (SUM_OF_SQUARES) against Square + Sum.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { createRequire } from 'node:module';
@@ -11,7 +12,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { selectBackend } from '../src/backend.js';
 import { readSafetensors } from '../src/io/safetensors.js';
-import { AdamW, buildParamGroups, FUSED_ADAMW } from '../src/train/optimizer.js';
+import { AdamW, buildParamGroups, clipGradNorm, FUSED_ADAMW, SUM_OF_SQUARES } from '../src/train/optimizer.js';
 import { GOLDEN_DIR } from './helpers/golden.js';
 import { webgpuAvailability } from './helpers/webgpu.js';
 
@@ -222,4 +223,53 @@ describe('AdamW without the fused kernel', () => {
       expectFlatTensorCount(composite);
     },
   );
+});
+
+describe.runIf(gpu.run)('clipGradNorm on webgpu', () => {
+  afterAll(async () => {
+    await selectBackend('cpu', { quiet: true });
+  });
+
+  /** Sizes around the workgroup (256), one value, and more than a workgroup's stride many times over. */
+  const GRAD_SIZES = [1, 255, 257, 70_001];
+
+  async function clip(): Promise<{ norm: number; clipped: Float32Array[]; kernels: string[]; tensors: number }> {
+    const grads = new Map(GRAD_SIZES.map((n, i) => [`g${i}`, tf.tensor(values(n, 31 + i, 0.5))]));
+    let result: Awaited<ReturnType<typeof clipGradNorm>> | undefined;
+    const profile = await tf.profile(async () => {
+      result = await clipGradNorm(grads, 1);
+    });
+    const clipped = await Promise.all([...result!.grads.values()].map(async (g) => Float32Array.from(await g.data())));
+    tf.dispose([...grads.values(), ...result!.grads.values()]);
+    return { norm: result!.norm, clipped, kernels: profile.kernels.map((k) => k.name), tensors: tf.memory().numTensors };
+  }
+
+  it('sums the squares of each gradient in one kernel; norm and clipped gradients as in double precision (1e-6 relative)', async () => {
+    await selectBackend('webgpu', { quiet: true });
+    const fused = await clip();
+    const again = await clip();
+    const kernel = tf.getKernel(SUM_OF_SQUARES, 'webgpu')!;
+    tf.unregisterKernel(SUM_OF_SQUARES, 'webgpu');
+    let composite: Awaited<ReturnType<typeof clip>>;
+    try {
+      composite = await clip();
+    } finally {
+      tf.registerKernel(kernel);
+    }
+    expect(fused.kernels.filter((k) => k === SUM_OF_SQUARES)).toHaveLength(GRAD_SIZES.length);
+    expect(fused.kernels).not.toContain('Square');
+    expect(composite.kernels).toContain('Square');
+    // the reference in double precision: torch's clip_grad_norm_ coefficient max_norm / (norm + 1e-6)
+    const host = GRAD_SIZES.map((n, i) => values(n, 31 + i, 0.5));
+    const norm = Math.sqrt(host.reduce((s, g) => s + g.reduce((t, v) => t + v * v, 0), 0));
+    expect(norm).toBeGreaterThan(10); // every gradient is clipped
+    const rel = (x: number) => Math.abs(x - norm) / norm;
+    console.log(`gradient norm error: fused ${rel(fused.norm).toExponential(2)}, Square + Sum ${rel(composite.norm).toExponential(2)}`);
+    expect(rel(fused.norm)).toBeLessThanOrEqual(1e-6);
+    host.forEach((g, i) => {
+      const expected = g.map((v) => v * (1 / (norm + 1e-6)));
+      expect(worstRelative(fused.clipped[i], expected), `gradient ${i}`).toBeLessThanOrEqual(1e-6);
+    });
+    expect(again.tensors).toBe(fused.tensors);
+  });
 });

@@ -4,12 +4,13 @@
  * (a tfjs program has one output: the new param, expAvg and expAvgSq each get one, from the same
  * inputs), and the hyper-parameters travel as uniforms. The param program recomputes the moments
  * rather than reading them back: that costs a few flops and saves a dependency between dispatches.
- * The arithmetic is the composite path's, operation for operation, in float32.
+ * The arithmetic is the composite path's, operation for operation, in float32. Also the per-gradient
+ * sum of squares of clipGradNorm (SUM_OF_SQUARES).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { checkAdamWInputs, type AdamWInputs } from './adamw-kernels.js';
-import { adamWFactors, FUSED_ADAMW, type AdamWAttrs } from '../train/optimizer.js';
+import { adamWFactors, FUSED_ADAMW, SUM_OF_SQUARES, type AdamWAttrs } from '../train/optimizer.js';
 
 const WORKGROUP = 64;
 
@@ -91,8 +92,60 @@ const adamWKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   });
 };
 
-/** Registers the kernel for 'webgpu' (every adapter); idempotent. */
-export function registerWebgpuAdamWKernel(): void {
-  if (tf.getKernel(FUSED_ADAMW, 'webgpu')) tf.unregisterKernel(FUSED_ADAMW, 'webgpu');
-  tf.registerKernel({ kernelName: FUSED_ADAMW, backendName: 'webgpu', kernelFunc: adamWKernel });
+/**
+ * The sum of squares of one gradient (clipGradNorm) in one dispatch instead of Square then Sum:
+ * one workgroup strides over the tensor, then halves its partial sums in workgroup memory.
+ * One workgroup suffices: the largest SAM2 tensors hold a few million values.
+ */
+const REDUCE_WORKGROUP = 256;
+
+class SumOfSquaresProgram {
+  outputShape = [1];
+  variableNames = ['x'];
+  dispatchLayout = { x: [0] };
+  dispatch: [number, number, number] = [1, 1, 1];
+  workgroupSize: [number, number, number] = [REDUCE_WORKGROUP, 1, 1];
+  uniforms = 'length : i32,';
+  shaderKey = 'medtune_sum_of_squares';
+
+  getUserCode(): string {
+    return `
+      var<workgroup> partial : array<f32, ${REDUCE_WORKGROUP}>;
+      fn main(index : i32) {
+        let lane = i32(localId.x);
+        var s = 0.0;
+        for (var i = lane; i < uniforms.length; i += ${REDUCE_WORKGROUP}) {
+          let v = x[i];
+          s += v * v;
+        }
+        partial[lane] = s;
+        workgroupBarrier();
+        for (var stride = ${REDUCE_WORKGROUP / 2}; stride > 0; stride /= 2) {
+          if (lane < stride) { partial[lane] += partial[lane + stride]; }
+          workgroupBarrier();
+        }
+        if (lane == 0) { result[0] = partial[0]; }
+      }`;
+  }
+}
+
+const sumOfSquaresKernel: tf.KernelFunc = ({ inputs, backend }) => {
+  const { x } = inputs as { x: tf.TensorInfo };
+  if (x.dtype !== 'float32') throw new Error(`${SUM_OF_SQUARES}: float32 tensors only, got ${x.dtype}`);
+  const length = tf.util.sizeFromShape(x.shape);
+  const out = (backend as WebGPUBackend).runWebGPUProgram(new SumOfSquaresProgram() as never, [{ ...x, shape: [length] }], 'float32', [
+    { type: 'int32', data: [length] },
+  ]);
+  return { dataId: out.dataId, shape: [], dtype: 'float32' };
+};
+
+/** Registers the optimizer's kernels for 'webgpu' (every adapter); idempotent. */
+export function registerWebgpuOptimizerKernels(): void {
+  for (const [kernelName, kernelFunc] of [
+    [FUSED_ADAMW, adamWKernel],
+    [SUM_OF_SQUARES, sumOfSquaresKernel],
+  ] as const) {
+    if (tf.getKernel(kernelName, 'webgpu')) tf.unregisterKernel(kernelName, 'webgpu');
+    tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc });
+  }
 }

@@ -204,6 +204,9 @@ function compositeAdamW(
   });
 }
 
+/** The sum of the squares of a tensor's values (a scalar) as one op, for backends that register it (webgpu-adamw.ts); input `x`. */
+export const SUM_OF_SQUARES = 'MedtuneSumOfSquares';
+
 /**
  * Scales gradients so their global L2 norm is at most `maxNorm`, as `torch.nn.utils.clip_grad_norm_`
  * (coefficient max_norm / (norm + 1e-6), clamped to 1). Returns the norm before clipping.
@@ -214,7 +217,9 @@ export async function clipGradNorm(
   grads: ReadonlyMap<string, tf.Tensor>,
   maxNorm?: number,
 ): Promise<{ grads: Map<string, tf.Tensor>; norm: number }> {
-  const normT = tf.tidy(() => tf.sqrt(tf.addN([...grads.values()].map((g) => tf.sum(tf.square(g))))));
+  const fused = tf.getKernel(SUM_OF_SQUARES, tf.getBackend()) !== undefined;
+  const sumOfSquares = (g: tf.Tensor) => (fused ? (tf.engine().runKernel(SUM_OF_SQUARES, { x: g }, {}) as tf.Tensor) : tf.sum(tf.square(g)));
+  const normT = tf.tidy(() => tf.sqrt(tf.addN([...grads.values()].map(sumOfSquares))));
   let norm: number;
   try {
     norm = (await normT.data())[0];
