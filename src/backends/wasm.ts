@@ -33,6 +33,7 @@ export async function useWasm(threads = availableParallelism()): Promise<Backend
   await import('@tensorflow/tfjs-backend-cpu');
   const { registerWasmFallbackKernels } = await import('./wasm-fallback-kernels.js');
   registerWasmFallbackKernels();
+  (await import('./adamw-kernels.js')).registerAdamWKernel('wasm');
   await activate('wasm');
   const simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT');
   const running = wasm.getThreadsCount();

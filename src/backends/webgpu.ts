@@ -128,6 +128,7 @@ async function installWebgpuBackend(): Promise<void> {
   );
   tf.env().registerFlag(MAX_BINDING_FLAG, () => Number.POSITIVE_INFINITY);
   registerWebgpuKernels();
+  (await import('./webgpu-adamw.js')).registerWebgpuOptimizerKernels();
   labelWebgpuKernels();
   installed = true;
 }

@@ -2,7 +2,9 @@
  * AdamW with PyTorch's semantics (`torch.optim.AdamW`, single-tensor path): decoupled weight
  * decay `p *= 1 - lr * wd`, bias-corrected moments, eps added outside the square root.
  * Parameters without a gradient are left alone (no decay, no state); a zero gradient is a
- * gradient and still decays. Hyper-parameters come per parameter group.
+ * gradient and still decays. Hyper-parameters come per parameter group. Each parameter's update is
+ * one FUSED_ADAMW kernel where the active backend registers it (cpu, wasm, webgpu), else tfjs ops
+ * with the same float32 arithmetic (tensorflow).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { StateDict } from '../io/safetensors.js';
@@ -46,34 +48,36 @@ export class AdamW {
   /** One update from `grads` (parameter key -> gradient); `lrScale` multiplies every group's lr (the schedule). */
   step(grads: ReadonlyMap<string, tf.Tensor>, lrScale = 1): void {
     const [beta1, beta2] = this.betas;
-    for (const [key, grad] of grads) {
-      const param = this.params.get(key);
-      const group = this.groupOf.get(key);
-      if (!param || !group) throw new Error(`gradient for '${key}', which is not a trainable parameter`);
-      const lr = group.lr * lrScale;
-      const step = (this.steps.get(key) ?? 0) + 1;
-      const m0 = this.expAvg.get(key);
-      const v0 = this.expAvgSq.get(key);
-      const biasCorrection1 = 1 - beta1 ** step;
-      const biasCorrection2Sqrt = Math.sqrt(1 - beta2 ** step);
-      const stepSize = lr / biasCorrection1;
-      const [m, v, p] = tf.tidy(() => {
-        const decayed = group.weightDecay !== 0 ? tf.mul(param, 1 - lr * group.weightDecay) : param;
-        // exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        const m = m0 ? tf.add(m0, tf.mul(tf.sub(grad, m0), 1 - beta1)) : tf.mul(grad, 1 - beta1);
-        const gg = tf.mul(tf.mul(grad, 1 - beta2), grad);
-        const v = v0 ? tf.add(tf.mul(v0, beta2), gg) : gg;
-        const denom = tf.add(tf.div(tf.sqrt(v), biasCorrection2Sqrt), this.eps);
-        const p = tf.add(decayed, tf.mul(tf.div(m, denom), -stepSize));
-        return [m, v, p];
-      });
-      param.assign(p);
-      p.dispose();
-      m0?.dispose();
-      v0?.dispose();
-      this.expAvg.set(key, m);
-      this.expAvgSq.set(key, v);
-      this.steps.set(key, step);
+    const fused = tf.getKernel(FUSED_ADAMW, tf.getBackend()) !== undefined;
+    const scalars = new ScalarCache();
+    try {
+      for (const [key, grad] of grads) {
+        const param = this.params.get(key);
+        const group = this.groupOf.get(key);
+        if (!param || !group) throw new Error(`gradient for '${key}', which is not a trainable parameter`);
+        const step = (this.steps.get(key) ?? 0) + 1;
+        const m0 = this.expAvg.get(key);
+        const v0 = this.expAvgSq.get(key);
+        const attrs: AdamWAttrs = {
+          lr: group.lr * lrScale,
+          weightDecay: group.weightDecay,
+          beta1,
+          beta2,
+          eps: this.eps,
+          biasCorrection1: 1 - beta1 ** step,
+          biasCorrection2Sqrt: Math.sqrt(1 - beta2 ** step),
+        };
+        const [p, m, v] = fused ? fusedAdamW(param, grad, m0, v0, attrs) : compositeAdamW(param, grad, m0, v0, adamWFactors(attrs), scalars);
+        param.assign(p);
+        p.dispose();
+        m0?.dispose();
+        v0?.dispose();
+        this.expAvg.set(key, m);
+        this.expAvgSq.set(key, v);
+        this.steps.set(key, step);
+      }
+    } finally {
+      scalars.dispose();
     }
   }
 
@@ -116,6 +120,94 @@ export class AdamW {
 }
 
 /**
+ * The fused AdamW kernel: one parameter's whole update in one op, for backends that register it
+ * (src/backends/adamw-kernels.ts: cpu and wasm; webgpu-adamw.ts). Inputs `param`, `grad`, and
+ * `expAvg`, `expAvgSq` after the first step (absent: zero moments); attrs AdamWAttrs. Outputs the new
+ * param, expAvg and expAvgSq with the arithmetic of compositeAdamW.
+ */
+export const FUSED_ADAMW = 'MedtuneAdamW';
+
+/** One parameter's hyper-parameters for one update (plain numbers, never tensors). */
+export interface AdamWAttrs {
+  lr: number;
+  weightDecay: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** 1 - beta1^step */
+  biasCorrection1: number;
+  /** sqrt(1 - beta2^step) */
+  biasCorrection2Sqrt: number;
+}
+
+/** The constants of the update, computed in double precision as PyTorch does (each becomes a float32 operand). */
+export interface AdamWFactors {
+  decay: number;
+  oneMinusBeta1: number;
+  beta2: number;
+  oneMinusBeta2: number;
+  biasCorrection2Sqrt: number;
+  eps: number;
+  negStepSize: number;
+}
+
+export function adamWFactors(a: AdamWAttrs): AdamWFactors {
+  return {
+    decay: 1 - a.lr * a.weightDecay,
+    oneMinusBeta1: 1 - a.beta1,
+    beta2: a.beta2,
+    oneMinusBeta2: 1 - a.beta2,
+    biasCorrection2Sqrt: a.biasCorrection2Sqrt,
+    eps: a.eps,
+    negStepSize: -a.lr / a.biasCorrection1,
+  };
+}
+
+function fusedAdamW(param: tf.Tensor, grad: tf.Tensor, m0: tf.Tensor | undefined, v0: tf.Tensor | undefined, attrs: AdamWAttrs): tf.Tensor[] {
+  const inputs: tf.NamedTensorMap = m0 && v0 ? { param, grad, expAvg: m0, expAvgSq: v0 } : { param, grad };
+  return tf.engine().runKernel(FUSED_ADAMW, inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor[];
+}
+
+/** Scalar tensors by value, made once per step (tf.mul(x, 0.9) would upload a new one each call). */
+class ScalarCache {
+  private readonly byValue = new Map<number, tf.Scalar>();
+  get(value: number): tf.Scalar {
+    let s = this.byValue.get(value);
+    // kept: the first use may sit inside a tidy
+    if (!s) this.byValue.set(value, (s = tf.keep(tf.scalar(value))));
+    return s;
+  }
+  dispose(): void {
+    for (const s of this.byValue.values()) s.dispose();
+  }
+}
+
+/** The update from tfjs ops, where no fused kernel is registered (tensorflow). Returns [param, expAvg, expAvgSq]. */
+function compositeAdamW(
+  param: tf.Tensor,
+  grad: tf.Tensor,
+  m0: tf.Tensor | undefined,
+  v0: tf.Tensor | undefined,
+  f: AdamWFactors,
+  scalars: ScalarCache,
+): tf.Tensor[] {
+  const c = (value: number) => scalars.get(value);
+  return tf.tidy(() => {
+    const decayed = f.decay !== 1 ? tf.mul(param, c(f.decay)) : param;
+    // exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    const m = m0 ? tf.add(m0, tf.mul(tf.sub(grad, m0), c(f.oneMinusBeta1))) : tf.mul(grad, c(f.oneMinusBeta1));
+    const gg = tf.mul(tf.mul(grad, c(f.oneMinusBeta2)), grad);
+    const v = v0 ? tf.add(tf.mul(v0, c(f.beta2)), gg) : gg;
+    const denom = tf.add(tf.div(tf.sqrt(v), c(f.biasCorrection2Sqrt)), c(f.eps));
+    const p = tf.add(decayed, tf.mul(tf.div(m, denom), c(f.negStepSize)));
+    return [p, m, v];
+  });
+}
+
+/** The sum of the squares of a tensor's values (a scalar) as one op, for backends that register it (webgpu-adamw.ts); input `x`. */
+export const SUM_OF_SQUARES = 'MedtuneSumOfSquares';
+
+/**
  * Scales gradients so their global L2 norm is at most `maxNorm`, as `torch.nn.utils.clip_grad_norm_`
  * (coefficient max_norm / (norm + 1e-6), clamped to 1). Returns the norm before clipping.
  * With `maxNorm` undefined or 0 only the norm is computed. The returned map holds new tensors
@@ -125,7 +217,9 @@ export async function clipGradNorm(
   grads: ReadonlyMap<string, tf.Tensor>,
   maxNorm?: number,
 ): Promise<{ grads: Map<string, tf.Tensor>; norm: number }> {
-  const normT = tf.tidy(() => tf.sqrt(tf.addN([...grads.values()].map((g) => tf.sum(tf.square(g))))));
+  const fused = tf.getKernel(SUM_OF_SQUARES, tf.getBackend()) !== undefined;
+  const sumOfSquares = (g: tf.Tensor) => (fused ? (tf.engine().runKernel(SUM_OF_SQUARES, { x: g }, {}) as tf.Tensor) : tf.sum(tf.square(g)));
+  const normT = tf.tidy(() => tf.sqrt(tf.addN([...grads.values()].map(sumOfSquares))));
   let norm: number;
   try {
     norm = (await normT.data())[0];
@@ -134,7 +228,13 @@ export async function clipGradNorm(
   }
   const coef = maxNorm ? Math.min(1, maxNorm / (norm + 1e-6)) : 1;
   if (coef >= 1) return { grads: new Map(grads), norm };
-  return { grads: new Map([...grads].map(([k, g]) => [k, tf.mul(g, coef)])), norm };
+  // one scalar for every gradient (tf.mul(g, coef) would upload one each)
+  const scale = tf.scalar(coef);
+  try {
+    return { grads: new Map([...grads].map(([k, g]) => [k, tf.mul(g, scale)])), norm };
+  } finally {
+    scale.dispose();
+  }
 }
 
 export interface GroupOptions {

@@ -1,0 +1,106 @@
+/**
+ * The fused AdamW update (FUSED_ADAMW, src/train/optimizer.ts) for the `cpu` and `wasm` backends:
+ * one loop over the parameter's typed arrays instead of ~14 tfjs ops, each a pass over the
+ * parameter. Every operation is rounded to float32 as the op it replaces rounds its output, so the
+ * result equals the composite path's bit for bit.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { adamWFactors, FUSED_ADAMW, type AdamWAttrs } from '../train/optimizer.js';
+
+type CpuLike = {
+  readSync(dataId: tf.DataId): tf.backend_util.BackendValues;
+  makeTensorInfo(shape: number[], dtype: tf.DataType, values?: tf.backend_util.BackendValues): tf.TensorInfo;
+};
+type WasmLike = {
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  typedArrayFromHeap(t: tf.TensorInfo): tf.backend_util.TypedArray;
+};
+
+export interface AdamWInputs {
+  param: tf.TensorInfo;
+  grad: tf.TensorInfo;
+  expAvg?: tf.TensorInfo;
+  expAvgSq?: tf.TensorInfo;
+}
+
+/** Writes the new param, expAvg, expAvgSq into `out` (expAvg0/expAvgSq0 undefined: zero moments, the first step). */
+export function adamWUpdate(
+  attrs: AdamWAttrs,
+  param: Float32Array,
+  grad: Float32Array,
+  expAvg0: Float32Array | undefined,
+  expAvgSq0: Float32Array | undefined,
+  out: [Float32Array, Float32Array, Float32Array],
+): void {
+  const f = Math.fround;
+  const k = adamWFactors(attrs);
+  const [decay, oneMinusBeta1, beta2, oneMinusBeta2, bc2Sqrt, eps, negStepSize] = [
+    k.decay,
+    k.oneMinusBeta1,
+    k.beta2,
+    k.oneMinusBeta2,
+    k.biasCorrection2Sqrt,
+    k.eps,
+    k.negStepSize,
+  ].map(f);
+  const [p, m, v] = out;
+  // zeros rather than a branch per element: the first step happens once per parameter
+  const mPrev = expAvg0 ?? new Float32Array(param.length);
+  const vPrev = expAvgSq0 ?? new Float32Array(param.length);
+  for (let i = 0; i < param.length; i++) {
+    const g = grad[i];
+    const m0 = mPrev[i];
+    const v0 = vPrev[i];
+    // decayed = p*(1-lr*wd); m = m0 + (g-m0)*(1-b1); v = v0*b2 + (g*(1-b2))*g
+    const decayed = f(param[i] * decay);
+    const mi = f(m0 + f(f(g - m0) * oneMinusBeta1));
+    const vi = f(f(v0 * beta2) + f(f(g * oneMinusBeta2) * g));
+    // denom = sqrt(v)/bc2sqrt + eps; p = decayed + (m/denom)*(-stepSize)
+    const denom = f(f(f(Math.sqrt(vi)) / bc2Sqrt) + eps);
+    p[i] = decayed + f(f(mi / denom) * negStepSize);
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
+
+/** Throws unless the inputs are float32 tensors of the parameter's shape, the moments both there or both absent. */
+export function checkAdamWInputs({ param, grad, expAvg, expAvgSq }: AdamWInputs): void {
+  for (const t of [param, grad, expAvg, expAvgSq]) {
+    if (t && t.dtype !== 'float32') throw new Error(`${FUSED_ADAMW}: float32 tensors only, got ${t.dtype}`);
+    if (t && !tf.util.arraysEqual(t.shape, param.shape)) throw new Error(`${FUSED_ADAMW}: shape [${t.shape}] where the parameter is [${param.shape}]`);
+  }
+  if (!expAvg !== !expAvgSq) throw new Error(`${FUSED_ADAMW}: expAvg and expAvgSq come together (or neither, the first step)`);
+}
+
+/** cpu: the backend keeps each tensor's Float32Array, which becomes the output as is. */
+const cpuKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
+  const cpu = backend as unknown as CpuLike;
+  const ins = inputs as unknown as AdamWInputs;
+  checkAdamWInputs(ins);
+  const read = (t: tf.TensorInfo | undefined) => (t ? (cpu.readSync(t.dataId) as Float32Array) : undefined);
+  const n = tf.util.sizeFromShape(ins.param.shape);
+  const out: [Float32Array, Float32Array, Float32Array] = [new Float32Array(n), new Float32Array(n), new Float32Array(n)];
+  adamWUpdate(attrs as unknown as AdamWAttrs, read(ins.param)!, read(ins.grad)!, read(ins.expAvg), read(ins.expAvgSq), out);
+  return out.map((vals) => cpu.makeTensorInfo(ins.param.shape, 'float32', vals));
+};
+
+/** wasm: views on the WASM heap, taken after the outputs are allocated (an allocation may grow the heap and detach views). */
+const wasmKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
+  const wasm = backend as unknown as WasmLike;
+  const ins = inputs as unknown as AdamWInputs;
+  checkAdamWInputs(ins);
+  const outputs = [0, 1, 2].map(() => wasm.makeOutput(ins.param.shape, 'float32'));
+  const view = (t: tf.TensorInfo | undefined) => (t ? (wasm.typedArrayFromHeap(t) as Float32Array) : undefined);
+  const out = outputs.map((t) => view(t)!) as [Float32Array, Float32Array, Float32Array];
+  adamWUpdate(attrs as unknown as AdamWAttrs, view(ins.param)!, view(ins.grad)!, view(ins.expAvg), view(ins.expAvgSq), out);
+  return outputs;
+};
+
+/** Registers the kernel for `backendName` (idempotent), in place of any earlier one (wasm's CPU fallback copy). */
+export function registerAdamWKernel(backendName: 'cpu' | 'wasm'): void {
+  const kernelFunc = backendName === 'cpu' ? cpuKernel : wasmKernel;
+  const existing = tf.getKernel(FUSED_ADAMW, backendName);
+  if (existing?.kernelFunc === kernelFunc) return;
+  if (existing) tf.unregisterKernel(FUSED_ADAMW, backendName);
+  tf.registerKernel({ kernelName: FUSED_ADAMW, backendName, kernelFunc });
+}
