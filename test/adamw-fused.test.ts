@@ -64,9 +64,9 @@ async function run(weightDecay: number): Promise<Run> {
     const grads = new Map(
       Object.entries(SHAPES).map(([k, shape], i) => [k, tf.tensor(values(tf.util.sizeFromShape(shape), 100 * step + i, 0.1 * (step + 1)), shape)]),
     );
-    // the schedule's lr scale changes between steps
+    // the schedule's lr scale changes between steps; step 2's gradients are clipped
     const firstId = nextTensorId();
-    const profile = await tf.profile(() => opt.step(grads, 1 - 0.2 * step));
+    const profile = await tf.profile(() => opt.step(grads, 1 - 0.2 * step, step === 1 ? 0.37 : 1));
     out.created = nextTensorId() - 1 - firstId;
     out.kernels = profile.kernels.map((k) => k.name);
     tf.dispose([...grads.values()]);
@@ -233,18 +233,17 @@ describe.runIf(gpu.run)('clipGradNorm on webgpu', () => {
   /** Sizes around the workgroup (256), one value, and more than a workgroup's stride many times over. */
   const GRAD_SIZES = [1, 255, 257, 70_001];
 
-  async function clip(): Promise<{ norm: number; clipped: Float32Array[]; kernels: string[]; tensors: number }> {
+  async function clip(): Promise<{ norm: number; scale: number; kernels: string[]; tensors: number }> {
     const grads = new Map(GRAD_SIZES.map((n, i) => [`g${i}`, tf.tensor(values(n, 31 + i, 0.5))]));
     let result: Awaited<ReturnType<typeof clipGradNorm>> | undefined;
     const profile = await tf.profile(async () => {
       result = await clipGradNorm(grads, 1);
     });
-    const clipped = await Promise.all([...result!.grads.values()].map(async (g) => Float32Array.from(await g.data())));
-    tf.dispose([...grads.values(), ...result!.grads.values()]);
-    return { norm: result!.norm, clipped, kernels: profile.kernels.map((k) => k.name), tensors: tf.memory().numTensors };
+    tf.dispose([...grads.values()]);
+    return { ...result!, kernels: profile.kernels.map((k) => k.name), tensors: tf.memory().numTensors };
   }
 
-  it('sums the squares of each gradient in one kernel; norm and clipped gradients as in double precision (1e-6 relative)', async () => {
+  it('sums the squares of each gradient in one kernel; norm and clipping coefficient as in double precision (1e-6 relative)', async () => {
     await selectBackend('webgpu', { quiet: true });
     const fused = await clip();
     const again = await clip();
@@ -266,10 +265,7 @@ describe.runIf(gpu.run)('clipGradNorm on webgpu', () => {
     const rel = (x: number) => Math.abs(x - norm) / norm;
     console.log(`gradient norm error: fused ${rel(fused.norm).toExponential(2)}, Square + Sum ${rel(composite.norm).toExponential(2)}`);
     expect(rel(fused.norm)).toBeLessThanOrEqual(1e-6);
-    host.forEach((g, i) => {
-      const expected = g.map((v) => v * (1 / (norm + 1e-6)));
-      expect(worstRelative(fused.clipped[i], expected), `gradient ${i}`).toBeLessThanOrEqual(1e-6);
-    });
+    expect(Math.abs(fused.scale * (norm + 1e-6) - 1)).toBeLessThanOrEqual(1e-6);
     expect(again.tensors).toBe(fused.tensors);
   });
 });

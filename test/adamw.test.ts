@@ -80,11 +80,24 @@ describe('AdamW', () => {
 
   it('clips by global norm like clip_grad_norm_ and averages accumulated gradients', async () => {
     const grads = new Map([['a', tf.tensor([3, 0])], ['b', tf.tensor([4])]]);
-    const { grads: clipped, norm } = await clipGradNorm(grads, 1);
+    const { norm, scale } = await clipGradNorm(grads, 1);
     expect(norm).toBeCloseTo(5, 6);
-    expect(clipped.get('b')!.dataSync()[0]).toBeCloseTo(4 / (5 + 1e-6), 6);
-    const { grads: same } = await clipGradNorm(grads, 10);
-    expect(same.get('a')).toBe(grads.get('a'));
+    expect(scale).toBeCloseTo(1 / (5 + 1e-6), 9);
+    expect((await clipGradNorm(grads, 10)).scale).toBe(1);
+    expect((await clipGradNorm(grads)).scale).toBe(1);
+    // the optimizer applies the coefficient: the same update as from gradients scaled first
+    const updated = async (gradScale: number, prescale: number) => {
+      const p = new Map([['a', tf.variable(tf.tensor([0.5, -1]))], ['b', tf.variable(tf.tensor([2]))]]);
+      const opt = new AdamW(p, buildParamGroups(p, { lr: 0.1, weightDecay: 0.01 }));
+      const g = new Map([...grads].map(([k, t]) => [k, tf.mul(t, prescale)]));
+      opt.step(g, 1, gradScale);
+      opt.step(g, 1, gradScale);
+      const out = [...p.values()].flatMap((v) => [...v.dataSync()]);
+      tf.dispose([...g.values(), ...p.values()]);
+      opt.dispose();
+      return out;
+    };
+    expect(await updated(scale, 1)).toEqual(await updated(1, scale));
     const acc = new GradAccumulator();
     acc.add(new Map([['a', tf.tensor([1, 2])]]));
     acc.add(new Map([['a', tf.tensor([3, 6])]]));

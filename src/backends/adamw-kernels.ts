@@ -34,7 +34,8 @@ export function adamWUpdate(
 ): void {
   const f = Math.fround;
   const k = adamWFactors(attrs);
-  const [decay, oneMinusBeta1, beta2, oneMinusBeta2, bc2Sqrt, eps, negStepSize] = [
+  const [gradScale, decay, oneMinusBeta1, beta2, oneMinusBeta2, bc2Sqrt, eps, negStepSize] = [
+    k.gradScale,
     k.decay,
     k.oneMinusBeta1,
     k.beta2,
@@ -48,7 +49,7 @@ export function adamWUpdate(
   const mPrev = expAvg0 ?? new Float32Array(param.length);
   const vPrev = expAvgSq0 ?? new Float32Array(param.length);
   for (let i = 0; i < param.length; i++) {
-    const g = grad[i];
+    const g = f(grad[i] * gradScale); // exact when gradScale is 1
     const m0 = mPrev[i];
     const v0 = vPrev[i];
     // decayed = p*(1-lr*wd); m = m0 + (g-m0)*(1-b1); v = v0*b2 + (g*(1-b2))*g

@@ -43,7 +43,7 @@ class AdamWProgram {
   dispatch: [number, number, number];
   workgroupSize: [number, number, number] = [WORKGROUP, 1, 1];
   size = true;
-  uniforms = 'decay : f32, oneMinusBeta1 : f32, beta2 : f32, oneMinusBeta2 : f32, biasCorrection2Sqrt : f32, eps : f32, negStepSize : f32,';
+  uniforms = 'gradScale : f32, decay : f32, oneMinusBeta1 : f32, beta2 : f32, oneMinusBeta2 : f32, biasCorrection2Sqrt : f32, eps : f32, negStepSize : f32,';
   shaderKey: string;
 
   constructor(
@@ -63,7 +63,7 @@ class AdamWProgram {
     return `
       fn main(index : i32) {
         if (index >= uniforms.size) { return; }
-        let g = grad[index];
+        let g = grad[index] * uniforms.gradScale;
         let m0 = ${read('expAvg')};
         let v0 = ${read('expAvgSq')};
         ${BODY[this.output]}
@@ -79,7 +79,7 @@ const adamWKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   // the moments are absent on the first step; the programs then do not name them
   const byName = { weight: param, grad, expAvg, expAvgSq } as Record<string, tf.TensorInfo>;
   const k = adamWFactors(attrs as unknown as AdamWAttrs);
-  const uniforms = [k.decay, k.oneMinusBeta1, k.beta2, k.oneMinusBeta2, k.biasCorrection2Sqrt, k.eps, k.negStepSize].map((v) => ({
+  const uniforms = [k.gradScale, k.decay, k.oneMinusBeta1, k.beta2, k.oneMinusBeta2, k.biasCorrection2Sqrt, k.eps, k.negStepSize].map((v) => ({
     type: 'float32',
     data: [v],
   }));

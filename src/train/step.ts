@@ -103,16 +103,16 @@ export async function accumulateMicroBatch(
 export async function applyGradients(run: ModelSetup, accumulator: GradAccumulator, stats: StepStats, t: TrainConfig['train'], step: number, lrScale: number, runDir: string): Promise<StepStats> {
   const { optimizer } = run;
   const raw = accumulator.take();
-  const { grads, norm } = await clipGradNorm(raw, t.grad_clip ?? undefined);
+  const { norm, scale } = await clipGradNorm(raw, t.grad_clip ?? undefined);
   if (!Number.isFinite(stats.loss) || !Number.isFinite(norm)) {
-    tf.dispose([...raw.values(), ...grads.values()]);
+    tf.dispose([...raw.values()]);
     throw new NonFiniteLossError(
       `step ${step + 1}: ${!Number.isFinite(stats.loss) ? `loss is ${stats.loss}` : `gradient norm is ${norm}`}; stopping without updating the weights. ` +
         `The last good checkpoint stays in ${join(runDir, 'checkpoints')}. Try a lower train.lr or train.grad_clip.`,
     );
   }
-  await optimizer.step(grads, lrScale);
-  tf.dispose([...new Set([...raw.values(), ...grads.values()])]);
+  optimizer.step(raw, lrScale, scale);
+  tf.dispose([...raw.values()]);
   stats.gradNorm = norm;
   return stats;
 }
