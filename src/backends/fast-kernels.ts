@@ -4,9 +4,8 @@
  * Speed:
  * - Conv2DBackpropFilter (weight gradient of a dense conv: SAM2's 7x7 stride-4 patch embedding):
  *   tfjs-backend-cpu indexes every element through TensorBuffer.get (tens of seconds for a batch of
- *   4 at 256 px) and WASM had none (it fell back to that CPU kernel). Both: flat typed-array loops
- *   (on WASM over heap views). An im2col + XNNPACK product on WASM corrupted the WASM heap for the
- *   full-width model (96 output channels), so it is not used.
+ *   4 at 256 px) and WASM had none (it fell back to that CPU kernel). cpu: a flat typed-array loop;
+ *   wasm: the transposed patch matrix and one XNNPACK product (wasm-batch-matmul.ts).
  * - Identity (wasm): WASM copies the tensor; tfjs runs it for every tensor saved for the backward
  *   pass. Shares the data instead (tensors are immutable).
  * - Add / Sub / Multiply / RealDiv (cpu): broadcasting against trailing axes, a scalar, or a
@@ -123,9 +122,52 @@ function conv2dBackpropFilterKernel(fallback: tf.KernelConfig | undefined): tf.K
       false,
       fmt,
     );
+    if (backend.typedArrayFromHeap) return wasmBackpropFilter(args.backend as tf.KernelBackend, x, dy, info);
     const dw = conv2dBackpropFilterNhwc(values(backend, x), x.shape, values(backend, dy), info);
     return output(backend, info.filterShape, dw);
   };
+}
+
+/**
+ * The weight gradient on wasm as one product in XNNPACK, dW (kh*kw*inC, outC) = patchesT @ dy
+ * with patchesT (kh*kw*inC, B*outH*outW) the transposed patch matrix of x, written here (zero
+ * outside the image): the 7x7 stride-4 patch embedding's gradient in milliseconds instead of a
+ * scalar loop's hundreds.
+ */
+function wasmBackpropFilter(kernelBackend: tf.KernelBackend, x: tf.TensorInfo, dy: tf.TensorInfo, info: tf.backend_util.Conv2DInfo): tf.TensorInfo {
+  const backend = kernelBackend as unknown as Required<Pick<Backendish, 'makeOutput' | 'typedArrayFromHeap'>> & { disposeData(d: tf.DataId): void };
+  const [batch, inH, inW, cin] = x.shape;
+  const { outHeight: outH, outWidth: outW, outChannels: cout, strideHeight: sh, strideWidth: sw, filterHeight: kh, filterWidth: kw } = info;
+  const pixels = batch * outH * outW;
+  const patchesT = backend.makeOutput([kh * kw * cin, pixels], 'float32');
+  // views after the allocation (it may grow the heap)
+  const xv = backend.typedArrayFromHeap(x) as Float32Array;
+  const pv = backend.typedArrayFromHeap(patchesT) as Float32Array;
+  for (let ky = 0; ky < kh; ky++) {
+    for (let kx = 0; kx < kw; kx++) {
+      for (let ci = 0; ci < cin; ci++) {
+        let o = ((ky * kw + kx) * cin + ci) * pixels;
+        for (let b = 0; b < batch; b++) {
+          for (let oy = 0; oy < outH; oy++) {
+            const iy = oy * sh + ky - info.padInfo.top;
+            const inside = iy >= 0 && iy < inH;
+            const row = (b * inH + iy) * inW;
+            for (let ox = 0; ox < outW; ox++, o++) {
+              const ix = ox * sw + kx - info.padInfo.left;
+              pv[o] = inside && ix >= 0 && ix < inW ? xv[(row + ix) * cin + ci] : 0;
+            }
+          }
+        }
+      }
+    }
+  }
+  const product = tf.getKernel(tf.BatchMatMul, 'wasm')!.kernelFunc({
+    inputs: { a: patchesT, b: { ...dy, shape: [pixels, cout] } },
+    attrs: { transposeA: false, transposeB: false },
+    backend: kernelBackend,
+  }) as tf.TensorInfo;
+  backend.disposeData(patchesT.dataId);
+  return { ...product, shape: info.filterShape };
 }
 
 /**
