@@ -117,3 +117,24 @@ describe('wasm backend vs cpu backend', () => {
     for (const [name, err] of errors) expect(err, name).toBeLessThan(TOL);
   });
 });
+
+describe('wasm heap guard', () => {
+  afterAll(async () => {
+    await selectBackend('cpu', { quiet: true });
+  });
+
+  it('refuses an allocation past the 4 GiB heap with a RuntimeError naming the heap, and keeps working', async () => {
+    await selectBackend('wasm', { quiet: true });
+    const before = tf.memory().numTensors;
+    // a kernel output of 4.4 GB: tfjs-backend-wasm would call malloc and write wherever it answered
+    const small = tf.zeros([1000]);
+    const tooBig = () => tf.tile(small, [1_100_000]);
+    expect(tooBig).toThrow(WebAssembly.RuntimeError);
+    expect(tooBig).toThrow(/wasm heap exhausted: 4196 MiB asked with [\d.]+ GiB of tensors live, the heap at [\d.]+ of its 4.00 GiB/);
+    small.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+    const ok = tf.add(tf.ones([3]), 1);
+    expect(Array.from(await ok.data())).toEqual([2, 2, 2]);
+    ok.dispose();
+  });
+});

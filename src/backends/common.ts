@@ -32,3 +32,15 @@ export async function activate(name: string): Promise<void> {
 export function cpuDevice(): string {
   return `CPU (${process.arch})`;
 }
+
+/**
+ * tfjs flag: the largest attention score tensor (bytes) the active backend takes; TfOps computes
+ * attention in query chunks below it. WebGPU: the device's largest storage binding. wasm: a
+ * slice of its 4 GiB heap, since a softmax gradient holds several score-sized tensors at once.
+ */
+export const ATTENTION_BUDGET_FLAG = 'MEDTUNE_ATTENTION_BYTES';
+
+export function setAttentionBudget(bytes: number): void {
+  if (!(ATTENTION_BUDGET_FLAG in tf.env().getFlags())) tf.env().registerFlag(ATTENTION_BUDGET_FLAG, () => Number.POSITIVE_INFINITY);
+  tf.env().set(ATTENTION_BUDGET_FLAG, bytes);
+}

@@ -6,7 +6,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
-import { activate, cpuDevice, installHint, isNotInstalled, type BackendChoice } from './common.js';
+import { activate, cpuDevice, installHint, isNotInstalled, setAttentionBudget, type BackendChoice } from './common.js';
 
 const require = createRequire(import.meta.url);
 
@@ -35,9 +35,51 @@ export async function useWasm(threads = availableParallelism()): Promise<Backend
   registerWasmFallbackKernels();
   (await import('./adamw-kernels.js')).registerAdamWKernel('wasm');
   await activate('wasm');
+  guardHeap(tf.backend() as unknown as WasmModuleHolder);
+  // a softmax gradient holds several score-sized tensors at once: keep each well inside the heap
+  setAttentionBudget(WASM_ATTENTION_BYTES);
   const simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT');
   const running = wasm.getThreadsCount();
   if (running !== asked) throw new Error(`backend 'wasm' runs ${running} threads where ${asked} were asked for`);
   const capped = threads > asked ? ` (${threads} asked; the threaded build runs at most ${WASM_MAX_THREADS})` : '';
   return { backend: 'wasm', device: `${cpuDevice()}, WebAssembly${simd ? ' SIMD' : ''}, ${running} thread${running === 1 ? '' : 's'}${capped}` };
+}
+
+/** Largest attention score tensor on wasm (TfOps chunks queries below it): 1/64 of the 4 GiB heap. */
+const WASM_ATTENTION_BYTES = 64 * 2 ** 20;
+
+interface WasmModuleHolder {
+  wasm: { _malloc(bytes: number): number; _free(at: number): void; HEAPU8: Uint8Array };
+}
+
+const guarded = new WeakSet<object>();
+
+/** The 32-bit heap's maximum, and what its allocator and XNNPACK's scratch need beside the tensors. */
+const HEAP_MAX = 4 * 2 ** 30;
+const HEAP_RESERVE = 384 * 2 ** 20;
+
+/**
+ * tfjs-backend-wasm takes every tensor's memory from the module's malloc and never checks the
+ * result; near the heap's 4 GiB the kernels then hang or write over the heap's start instead of
+ * failing. So an allocation that would put the live tensors within HEAP_RESERVE of the maximum, or
+ * that malloc refuses, throws (a WebAssembly.RuntimeError, as an abort is, so the trainer's message
+ * about the heap applies and `train --dry-run` says the config does not fit).
+ */
+function guardHeap(backend: WasmModuleHolder): void {
+  const module = backend.wasm;
+  if (guarded.has(module)) return;
+  // emscripten's export wrapper replaces itself with the raw export on its first call: resolve it first
+  module._free(module._malloc(8));
+  const malloc = module._malloc;
+  const gib = (n: number) => (n / 2 ** 30).toFixed(2);
+  const exhausted = (bytes: number, live: number) =>
+    new WebAssembly.RuntimeError(`wasm heap exhausted: ${(bytes / 2 ** 20).toFixed(0)} MiB asked with ${gib(live)} GiB of tensors live, the heap at ${gib(module.HEAPU8.length)} of its ${gib(HEAP_MAX)} GiB`);
+  module._malloc = (bytes: number) => {
+    const live = tf.memory().numBytes;
+    if (live + bytes > HEAP_MAX - HEAP_RESERVE) throw exhausted(bytes, live);
+    const at = malloc(bytes);
+    if (at === 0 && bytes > 0) throw exhausted(bytes, live);
+    return at;
+  };
+  guarded.add(module);
 }

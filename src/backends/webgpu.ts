@@ -1,6 +1,6 @@
 /** WebGPU: @tensorflow/tfjs-backend-webgpu over the `webgpu` package (Dawn; Vulkan on Linux). */
 import * as tf from '@tensorflow/tfjs-core';
-import { activate, installHint, isNotInstalled, type BackendChoice } from './common.js';
+import { activate, installHint, isNotInstalled, setAttentionBudget, type BackendChoice } from './common.js';
 
 interface DawnModule {
   create(options: string[]): GpuLike;
@@ -92,12 +92,6 @@ export function adapterName(a: WebgpuAdapterReport): string {
 /** Features tfjs or our kernels use when the adapter has them. */
 const WANTED_FEATURES = ['timestamp-query', 'subgroups', 'shader-f16'];
 
-/**
- * tfjs flag: the largest storage binding (bytes) of the active WebGPU device. TfOps computes
- * attention in query chunks so no score tensor exceeds it.
- */
-export const MAX_BINDING_FLAG = 'MEDTUNE_MAX_BINDING_BYTES';
-
 let installed = false;
 
 /**
@@ -120,13 +114,13 @@ async function installWebgpuBackend(): Promise<void> {
         requiredLimits: limits,
         requiredFeatures: WANTED_FEATURES.filter((f) => features.includes(f)),
       })) as ConstructorParameters<typeof CheckedWebGPUBackend>[0];
-      tf.env().set(MAX_BINDING_FLAG, device.limits.maxStorageBufferBindingSize);
+      // no attention score tensor larger than a binding
+      setAttentionBudget(device.limits.maxStorageBufferBindingSize);
       const info = (adapter.info ?? undefined) as ConstructorParameters<typeof CheckedWebGPUBackend>[1];
       return new CheckedWebGPUBackend(device, info, isFallbackAdapter);
     },
     3,
   );
-  tf.env().registerFlag(MAX_BINDING_FLAG, () => Number.POSITIVE_INFINITY);
   registerWebgpuKernels();
   (await import('./webgpu-adamw.js')).registerWebgpuOptimizerKernels();
   labelWebgpuKernels();

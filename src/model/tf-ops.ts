@@ -3,6 +3,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs';
 import type { Conv2dOptions, LinearAdapters, Ops } from './ops.js';
 import { fusedLayerNorm, hasFusedLayerNorm } from './fused-layer-norm.js';
+import { ATTENTION_BUDGET_FLAG } from '../backends/common.js';
 
 /*
  * Matrix products take their transposes as flags (linear layers multiply by W (out, in)
@@ -83,7 +84,7 @@ export class TfOps implements Ops<tf.Tensor> {
     private readonly params: ReadonlyMap<string, tf.Tensor>,
     options: TfOpsOptions = {},
   ) {
-    this.attentionChunkBytes = options.attentionChunkBytes ?? Math.min(ATTENTION_CHUNK_BYTES, Number(tf.env().getFlags().MEDTUNE_MAX_BINDING_BYTES ?? Infinity));
+    this.attentionChunkBytes = options.attentionChunkBytes ?? Math.min(ATTENTION_CHUNK_BYTES, Number(tf.env().getFlags()[ATTENTION_BUDGET_FLAG] ?? Infinity));
     this.adapters = options.adapters;
     this.checkpointActivations = options.checkpointActivations ?? false;
   }
