@@ -123,7 +123,8 @@ export function dryRun(config: TrainConfig, steps = 2): DryRunResult {
   rmSync(dir, { recursive: true, force: true });
   const line = child.stdout?.split('\n').find((l) => l.startsWith(MARKER));
   if (line) return verdict(config, JSON.parse(line.slice(MARKER.length)) as StepMeasurement, undefined, available);
-  const output = `${child.stderr ?? ''}\n${child.stdout ?? ''}`.split('\n');
+  // (minified runtime source that Node prints beside an uncaught error is no message: left out)
+  const output = `${child.stderr ?? ''}\n${child.stdout ?? ''}`.split('\n').filter((l) => l.length < 1000);
   const outOfMemory = output.find((l) => OUT_OF_MEMORY.test(l));
   const how = child.signal ? `killed by ${child.signal}` : `exit code ${child.status}`;
   // SIGKILL: the kernel's OOM killer (or a user); anything else is a plain error in the run
@@ -136,7 +137,7 @@ export function dryRun(config: TrainConfig, steps = 2): DryRunResult {
 }
 
 /** How a step that ran out of memory ends: the wasm runtime's abort, V8's or the allocator's messages. */
-const OUT_OF_MEMORY = /Aborted\(|memory access out of bounds|out of memory|Array buffer allocation failed|Cannot enlarge memory|std::bad_alloc/i;
+const OUT_OF_MEMORY = /wasm heap exhausted|Aborted\(|memory access out of bounds|out of memory|Array buffer allocation failed|Cannot enlarge memory|std::bad_alloc/i;
 
 const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(2)} GiB`;
 
