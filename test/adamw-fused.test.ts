@@ -1,5 +1,5 @@
 /**
- * The fused AdamW kernel (FUSED_ADAMW: src/backends/adamw-kernels.ts on cpu and wasm,
+ * The fused AdamW kernel (FUSED_ADAMW: src/backends/adamw-kernels.ts on cpu,
  * webgpu-adamw.ts) against the composite tfjs-op path of the same AdamW class (the kernel
  * unregistered), over three steps with and without weight decay, on each backend; and against
  * PyTorch's golden AdamW step. Without a WebGPU adapter the webgpu cases skip, and fail when CI is set.
@@ -131,7 +131,7 @@ describe.runIf(!gpu.run && process.env.CI)('fused AdamW on webgpu (CI)', () => {
   });
 });
 
-const backends = ['cpu', 'wasm', ...(gpu.run ? ['webgpu' as const] : [])] as const;
+const backends = ['cpu', ...(gpu.run ? ['webgpu' as const] : [])] as const;
 
 describe.each(backends)('fused AdamW on %s', (backend) => {
   afterAll(async () => {
@@ -208,6 +208,17 @@ describe('AdamW without the fused kernel', () => {
     const composite = await runComposite(0.05);
     expect(composite.created - composite.kernels.length).toBeGreaterThan(0);
     expect(composite.created - composite.kernels.length).toBeLessThanOrEqual(SCALARS_PER_STEP);
+  });
+
+  it('equals the fused cpu kernel on wasm, which runs its own ops (no copy of the cpu kernel either)', async () => {
+    await selectBackend('cpu', { quiet: true });
+    const fused = await run(0.05);
+    await selectBackend('wasm', { quiet: true });
+    expect(tf.getKernel(FUSED_ADAMW, 'wasm')).toBeUndefined();
+    const composite = await run(0.05);
+    expect(composite.kernels).toContain('Multiply');
+    expectSameRuns(fused, composite);
+    expectFlatTensorCount(composite);
   });
 
   it.skipIf(!runTensorflow)(

@@ -1,19 +1,65 @@
 /**
- * The fused AdamW update (FUSED_ADAMW, src/train/optimizer.ts) for the `cpu` and `wasm` backends:
- * one loop over the parameter's typed arrays instead of ~14 tfjs ops, each a pass over the
- * parameter. Every operation is rounded to float32 as the op it replaces rounds its output, so the
+ * The fused AdamW update (FUSED_ADAMW, src/train/optimizer.ts) for the `cpu` backend: one loop
+ * over the parameter's typed arrays instead of ~14 tfjs ops, each a pass over the parameter. (On
+ * wasm the same loop measured slower than wasm's own SIMD ops on every thread, so wasm has none.) Every operation is rounded to float32 as the op it replaces rounds its output, so the
  * result equals the composite path's bit for bit.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { adamWFactors, FUSED_ADAMW, type AdamWAttrs } from '../train/optimizer.js';
+
+/**
+ * The fused AdamW kernel: one parameter's whole update in one op, for backends that register it
+ * (here: cpu; webgpu-adamw.ts). Inputs `param`, `grad`, and
+ * `expAvg`, `expAvgSq` after the first step (absent: zero moments); attrs AdamWAttrs. Outputs the new
+ * param, expAvg and expAvgSq with the arithmetic of the optimizer's composite path (src/train/optimizer.ts).
+ */
+export const FUSED_ADAMW = 'MedtuneAdamW';
+
+/** One parameter's hyper-parameters for one update (plain numbers, never tensors). */
+export interface AdamWAttrs {
+  lr: number;
+  weightDecay: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** 1 - beta1^step */
+  biasCorrection1: number;
+  /** sqrt(1 - beta2^step) */
+  biasCorrection2Sqrt: number;
+  /** the gradient is multiplied by this first (gradient clipping's coefficient; 1: none) */
+  gradScale: number;
+}
+
+/** The constants of the update, computed in double precision as PyTorch does (each becomes a float32 operand). */
+export interface AdamWFactors {
+  gradScale: number;
+  decay: number;
+  oneMinusBeta1: number;
+  beta2: number;
+  oneMinusBeta2: number;
+  biasCorrection2Sqrt: number;
+  eps: number;
+  negStepSize: number;
+}
+
+export function adamWFactors(a: AdamWAttrs): AdamWFactors {
+  return {
+    gradScale: a.gradScale,
+    decay: 1 - a.lr * a.weightDecay,
+    oneMinusBeta1: 1 - a.beta1,
+    beta2: a.beta2,
+    oneMinusBeta2: 1 - a.beta2,
+    biasCorrection2Sqrt: a.biasCorrection2Sqrt,
+    eps: a.eps,
+    negStepSize: -a.lr / a.biasCorrection1,
+  };
+}
+
+/** The sum of the squares of a tensor's values (a scalar) as one op, for backends that register it (webgpu-adamw.ts); input `x`. */
+export const SUM_OF_SQUARES = 'MedtuneSumOfSquares';
 
 type CpuLike = {
   readSync(dataId: tf.DataId): tf.backend_util.BackendValues;
   makeTensorInfo(shape: number[], dtype: tf.DataType, values?: tf.backend_util.BackendValues): tf.TensorInfo;
-};
-type WasmLike = {
-  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
-  typedArrayFromHeap(t: tf.TensorInfo): tf.backend_util.TypedArray;
 };
 
 export interface AdamWInputs {
@@ -85,23 +131,10 @@ const cpuKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   return out.map((vals) => cpu.makeTensorInfo(ins.param.shape, 'float32', vals));
 };
 
-/** wasm: views on the WASM heap, taken after the outputs are allocated (an allocation may grow the heap and detach views). */
-const wasmKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
-  const wasm = backend as unknown as WasmLike;
-  const ins = inputs as unknown as AdamWInputs;
-  checkAdamWInputs(ins);
-  const outputs = [0, 1, 2].map(() => wasm.makeOutput(ins.param.shape, 'float32'));
-  const view = (t: tf.TensorInfo | undefined) => (t ? (wasm.typedArrayFromHeap(t) as Float32Array) : undefined);
-  const out = outputs.map((t) => view(t)!) as [Float32Array, Float32Array, Float32Array];
-  adamWUpdate(attrs as unknown as AdamWAttrs, view(ins.param)!, view(ins.grad)!, view(ins.expAvg), view(ins.expAvgSq), out);
-  return outputs;
-};
-
-/** Registers the kernel for `backendName` (idempotent), in place of any earlier one (wasm's CPU fallback copy). */
-export function registerAdamWKernel(backendName: 'cpu' | 'wasm'): void {
-  const kernelFunc = backendName === 'cpu' ? cpuKernel : wasmKernel;
-  const existing = tf.getKernel(FUSED_ADAMW, backendName);
-  if (existing?.kernelFunc === kernelFunc) return;
-  if (existing) tf.unregisterKernel(FUSED_ADAMW, backendName);
-  tf.registerKernel({ kernelName: FUSED_ADAMW, backendName, kernelFunc });
+/** Registers the kernel for the cpu backend (idempotent). */
+export function registerAdamWKernel(): void {
+  const existing = tf.getKernel(FUSED_ADAMW, 'cpu');
+  if (existing?.kernelFunc === cpuKernel) return;
+  if (existing) tf.unregisterKernel(FUSED_ADAMW, 'cpu');
+  tf.registerKernel({ kernelName: FUSED_ADAMW, backendName: 'cpu', kernelFunc: cpuKernel });
 }

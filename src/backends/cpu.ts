@@ -6,7 +6,7 @@ export async function useCpu(): Promise<BackendChoice> {
   // faster (and, for one gradient, corrected) kernels in place of the package's own
   const { registerFastKernels } = await import('./fast-kernels.js');
   registerFastKernels('cpu');
-  (await import('./adamw-kernels.js')).registerAdamWKernel('cpu');
+  (await import('./adamw-kernels.js')).registerAdamWKernel();
   await activate('cpu');
   return { backend: 'cpu', device: `${cpuDevice()}, plain JavaScript` };
 }

@@ -9,8 +9,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
-import { checkAdamWInputs, type AdamWInputs } from './adamw-kernels.js';
-import { adamWFactors, FUSED_ADAMW, SUM_OF_SQUARES, type AdamWAttrs } from '../train/optimizer.js';
+import { adamWFactors, checkAdamWInputs, FUSED_ADAMW, SUM_OF_SQUARES, type AdamWAttrs, type AdamWInputs } from './adamw-kernels.js';
 
 const WORKGROUP = 64;
 

@@ -8,6 +8,9 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { StateDict } from '../io/safetensors.js';
+import { adamWFactors, FUSED_ADAMW, SUM_OF_SQUARES, type AdamWAttrs, type AdamWFactors } from '../backends/adamw-kernels.js';
+
+export { FUSED_ADAMW, SUM_OF_SQUARES };
 
 export interface ParamGroup {
   name: string;
@@ -123,53 +126,6 @@ export class AdamW {
   }
 }
 
-/**
- * The fused AdamW kernel: one parameter's whole update in one op, for backends that register it
- * (src/backends/adamw-kernels.ts: cpu and wasm; webgpu-adamw.ts). Inputs `param`, `grad`, and
- * `expAvg`, `expAvgSq` after the first step (absent: zero moments); attrs AdamWAttrs. Outputs the new
- * param, expAvg and expAvgSq with the arithmetic of compositeAdamW.
- */
-export const FUSED_ADAMW = 'MedtuneAdamW';
-
-/** One parameter's hyper-parameters for one update (plain numbers, never tensors). */
-export interface AdamWAttrs {
-  lr: number;
-  weightDecay: number;
-  beta1: number;
-  beta2: number;
-  eps: number;
-  /** 1 - beta1^step */
-  biasCorrection1: number;
-  /** sqrt(1 - beta2^step) */
-  biasCorrection2Sqrt: number;
-  /** the gradient is multiplied by this first (gradient clipping's coefficient; 1: none) */
-  gradScale: number;
-}
-
-/** The constants of the update, computed in double precision as PyTorch does (each becomes a float32 operand). */
-export interface AdamWFactors {
-  gradScale: number;
-  decay: number;
-  oneMinusBeta1: number;
-  beta2: number;
-  oneMinusBeta2: number;
-  biasCorrection2Sqrt: number;
-  eps: number;
-  negStepSize: number;
-}
-
-export function adamWFactors(a: AdamWAttrs): AdamWFactors {
-  return {
-    gradScale: a.gradScale,
-    decay: 1 - a.lr * a.weightDecay,
-    oneMinusBeta1: 1 - a.beta1,
-    beta2: a.beta2,
-    oneMinusBeta2: 1 - a.beta2,
-    biasCorrection2Sqrt: a.biasCorrection2Sqrt,
-    eps: a.eps,
-    negStepSize: -a.lr / a.biasCorrection1,
-  };
-}
 
 function fusedAdamW(param: tf.Tensor, grad: tf.Tensor, m0: tf.Tensor | undefined, v0: tf.Tensor | undefined, attrs: AdamWAttrs): tf.Tensor[] {
   const inputs: tf.NamedTensorMap = m0 && v0 ? { param, grad, expAvg: m0, expAvgSq: v0 } : { param, grad };
@@ -213,8 +169,6 @@ function compositeAdamW(
   });
 }
 
-/** The sum of the squares of a tensor's values (a scalar) as one op, for backends that register it (webgpu-adamw.ts); input `x`. */
-export const SUM_OF_SQUARES = 'MedtuneSumOfSquares';
 
 /**
  * The global L2 norm of `grads` and the coefficient that clips it to `maxNorm`, as
