@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { selectBackend } from '../src/backend.js';
 import { readSafetensors } from '../src/io/safetensors.js';
-import { AdamW, buildParamGroups, clipGradNorm, FUSED_ADAMW, SUM_OF_SQUARES } from '../src/train/optimizer.js';
+import { FUSED_ADAMW, SUM_OF_SQUARES } from '../src/backends/adamw-kernels.js';
+import { AdamW, buildParamGroups, clipGradNorm } from '../src/train/optimizer.js';
 import { GOLDEN_DIR } from './helpers/golden.js';
 import { webgpuAvailability } from './helpers/webgpu.js';
 

@@ -21,7 +21,7 @@
  * (src/backends/cpu.ts, wasm.ts), after its package has registered the kernels it replaces.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { registerXnnBatchMatMul } from './wasm-batch-matmul.js';
+import { registerXnnBatchMatMul, runWasmKernel } from './wasm-batch-matmul.js';
 
 type Backendish = {
   readSync(dataId: tf.DataId): tf.backend_util.BackendValues;
@@ -161,11 +161,7 @@ function wasmBackpropFilter(kernelBackend: tf.KernelBackend, x: tf.TensorInfo, d
       }
     }
   }
-  const product = tf.getKernel(tf.BatchMatMul, 'wasm')!.kernelFunc({
-    inputs: { a: patchesT, b: { ...dy, shape: [pixels, cout] } },
-    attrs: { transposeA: false, transposeB: false },
-    backend: kernelBackend,
-  }) as tf.TensorInfo;
+  const product = runWasmKernel(tf.BatchMatMul, { a: patchesT, b: { ...dy, shape: [pixels, cout] } }, { transposeA: false, transposeB: false }, kernelBackend);
   backend.disposeData(patchesT.dataId);
   return { ...product, shape: info.filterShape };
 }

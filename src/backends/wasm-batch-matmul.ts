@@ -48,12 +48,17 @@ function convExports(backend: Wasm): ConvExports {
   return e;
 }
 
+/** The wasm kernel registered as `name` (ours where we replaced it) on backend data: its single output, a new tensor. */
+export function runWasmKernel(name: string, inputs: tf.NamedTensorInfoMap, attrs: tf.NamedAttrMap, backend: unknown): tf.TensorInfo {
+  return tf.getKernel(name, 'wasm')!.kernelFunc({ inputs, attrs, backend: backend as tf.KernelBackend }) as tf.TensorInfo;
+}
+
 /** x with its last two axes swapped, through wasm's own Transpose kernel (a new tensor). */
 function swapLastAxes(x: tf.TensorInfo, backend: Wasm): tf.TensorInfo {
   const r = x.shape.length;
   const perm = [...x.shape.keys()];
   [perm[r - 2], perm[r - 1]] = [perm[r - 1], perm[r - 2]];
-  return tf.getKernel(tf.Transpose, 'wasm')!.kernelFunc({ inputs: { x }, backend: backend as unknown as tf.KernelBackend, attrs: { perm } }) as tf.TensorInfo;
+  return runWasmKernel(tf.Transpose, { x }, { perm }, backend);
 }
 
 const product = (shape: number[]) => shape.reduce((p, d) => p * d, 1);
@@ -143,11 +148,9 @@ function fusedMatMulKernel(replaced: tf.KernelConfig): tf.KernelFunc {
     const fused = viaXnn(a, b, transposeA, transposeB, bias ?? undefined, backend);
     if (fused || !bias) return fused ?? replaced.kernelFunc(args);
     // wasm's own loop gets the bias wrong: the product, then the bias added
-    const run = (name: string, inputs: tf.NamedTensorInfoMap, attrs: tf.NamedAttrMap = {}) =>
-      tf.getKernel(name, 'wasm')!.kernelFunc({ inputs, attrs, backend: args.backend }) as tf.TensorInfo;
-    const plain = run(tf.BatchMatMul, { a, b }, { transposeA, transposeB });
+    const plain = runWasmKernel(tf.BatchMatMul, { a, b }, { transposeA, transposeB }, backend);
     try {
-      return run(tf.Add, { a: plain, b: bias });
+      return runWasmKernel(tf.Add, { a: plain, b: bias }, {}, backend);
     } finally {
       backend.disposeData(plain.dataId);
     }

@@ -21,7 +21,8 @@ export function registerWasmFallbackKernels(): string[] {
   const wasmKernels = new Set(tf.getKernelsForBackend('wasm').map((k) => k.kernelName));
   registered = [];
   for (const cpuKernel of tf.getKernelsForBackend('cpu')) {
-    if (wasmKernels.has(cpuKernel.kernelName)) continue;
+    // medtune's own kernels (Medtune*) are registered where they pay off, by their modules: never copied
+    if (wasmKernels.has(cpuKernel.kernelName) || cpuKernel.kernelName.startsWith('Medtune')) continue;
     tf.registerKernel({
       kernelName: cpuKernel.kernelName,
       backendName: 'wasm',

@@ -6,7 +6,6 @@ import * as tf from '@tensorflow/tfjs-core';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
-import { FUSED_ADAMW } from './adamw-kernels.js';
 import { activate, cpuDevice, installHint, isNotInstalled, setAttentionBudget, type BackendChoice } from './common.js';
 
 const require = createRequire(import.meta.url);
@@ -34,9 +33,6 @@ export async function useWasm(threads = availableParallelism()): Promise<Backend
   await import('@tensorflow/tfjs-backend-cpu');
   const { registerWasmFallbackKernels } = await import('./wasm-fallback-kernels.js');
   registerWasmFallbackKernels();
-  // AdamW runs as wasm's own ops (SIMD, on every thread), faster than a fused JS loop: no copy of
-  // the cpu backend's fused kernel (a fallback registered above when the cpu backend came first)
-  if (tf.getKernel(FUSED_ADAMW, 'wasm')) tf.unregisterKernel(FUSED_ADAMW, 'wasm');
   await activate('wasm');
   guardHeap(tf.backend() as unknown as WasmModuleHolder);
   // a softmax gradient holds several score-sized tensors at once: keep each well inside the heap

@@ -10,8 +10,6 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { StateDict } from '../io/safetensors.js';
 import { adamWFactors, FUSED_ADAMW, SUM_OF_SQUARES, type AdamWAttrs, type AdamWFactors } from '../backends/adamw-kernels.js';
 
-export { FUSED_ADAMW, SUM_OF_SQUARES };
-
 export interface ParamGroup {
   name: string;
   lr: number;
