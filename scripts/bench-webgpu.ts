@@ -10,6 +10,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { CheckedWebGPUBackend } from '../src/backends/webgpu-checked.js';
 import { resolveModelChoice, type ModelChoice } from '../src/model/config.js';
+import { variableGrads } from '../src/model/gradients.js';
 import { SAM2Base } from '../src/model/sam2.js';
 import { TfOps } from '../src/model/tf-ops.js';
 import { initParams, toTfParams } from '../src/model/weights.js';
@@ -69,7 +70,7 @@ export async function benchWebgpu(opts: WebgpuBenchOptions): Promise<void> {
     masks.dispose();
   };
   const trainStep = async () => {
-    const { value, grads } = tf.variableGrads(() => {
+    const { value, grads } = variableGrads(() => {
       const logits = tf.transpose(model.predictFromBoxes(ops, image, boxes()).masks, [0, 2, 3, 1]);
       const l = segmentationLoss(logits, target);
       tf.dispose([l.dice, l.bce]);

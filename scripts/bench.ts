@@ -16,6 +16,7 @@ import { hideBin } from 'yargs/helpers';
 import { selectBackend, BACKEND_NAMES, type BackendName } from '../src/backend.js';
 import { measureLoaderThroughput } from '../src/data/loader-bench.js';
 import { resolveModelConfig, SAM2_1_TINY } from '../src/model/config.js';
+import { variableGrads } from '../src/model/gradients.js';
 import { SAM2Base } from '../src/model/sam2.js';
 import { TfOps } from '../src/model/tf-ops.js';
 import { initParams, toTfParams } from '../src/model/weights.js';
@@ -70,7 +71,7 @@ function benchImagePath(size: number, iters: number): { forwardMs: number; train
   });
   const trainable = [...params.values()].filter((v) => v.trainable);
   const trainMs = timeIt(iters, () => {
-    const { value, grads } = tf.variableGrads(() => tf.mean(model.predictFromBoxes(ops, image, boxes).masks) as tf.Scalar, trainable);
+    const { value, grads } = variableGrads(() => tf.mean(model.predictFromBoxes(ops, image, boxes).masks) as tf.Scalar, trainable);
     value.dataSync();
     tf.dispose([value, ...Object.values(grads)]);
   });

@@ -24,6 +24,7 @@ import { readStateDict } from '../src/io/checkpoint-file.js';
 import { readNpz, type NpyArray } from '../src/io/npz.js';
 import { readSafetensors, type StateDict } from '../src/io/safetensors.js';
 import { resolveModelConfig } from '../src/model/config.js';
+import { variableGrads } from '../src/model/gradients.js';
 import { SAM2Base } from '../src/model/sam2.js';
 import { checkGoldenPropagation, FORWARD_TOL, maxRelError, PROPAGATION_AGREEMENT, PROPAGATION_TOL } from '../src/model/reference-compare.js';
 import { TfFrameGraphs } from '../src/model/tf-frame-graphs.js';
@@ -178,7 +179,7 @@ export async function runGoldenCheck(
   const trainable = [...params].filter(([, v]) => v.trainable);
   const keyOf = new Map(trainable.map(([k, v]) => [v.name, k]));
   if (run.has('gradients')) {
-    const { value, grads } = tf.variableGrads(() => {
+    const { value, grads } = variableGrads(() => {
       const logits = tf.reshape(model.predictFromBoxes(ops, image, boxTensor()).masks, gt.shape);
       return tf.add(diceLoss(logits, gt), bceWithLogits(logits, gt)) as tf.Scalar;
     }, trainable.map(([, v]) => v));

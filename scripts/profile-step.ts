@@ -15,6 +15,7 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { selectBackend, BACKEND_NAMES, type BackendName } from '../src/backend.js';
 import { resolveModelConfig } from '../src/model/config.js';
+import { variableGrads } from '../src/model/gradients.js';
 import { SAM2Base } from '../src/model/sam2.js';
 import { TfOps } from '../src/model/tf-ops.js';
 import { initParams, toTfParams } from '../src/model/weights.js';
@@ -52,7 +53,7 @@ const m = S / 4;
 const target = tf.tidy(() => tf.cast(tf.greater(tf.randomUniform([B, m, m, 1], 0, 1, 'float32', 2), 0.5), 'float32'));
 
 function step(): number {
-  const { value, grads } = tf.variableGrads(() => {
+  const { value, grads } = variableGrads(() => {
     const masks = model.predictFromBoxes(ops, image, boxes).masks; // (B, 1, m, m)
     const logits = tf.transpose(masks, [0, 2, 3, 1]);
     const l = segmentationLoss(logits, target);

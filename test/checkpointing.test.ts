@@ -7,70 +7,10 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { selectBackend } from '../src/backend.js';
-import { SAM2Base } from '../src/model/sam2.js';
 import { TfOps } from '../src/model/tf-ops.js';
 import { train } from '../src/train/train.js';
-import { loadGolden, nchwToNhwc } from './helpers/golden.js';
+import { goldenPass, worstRelative } from './helpers/golden-pass.js';
 import { tinyConfig, tinyData, tmpRunDir } from './helpers/train-fixture.js';
-
-const golden = loadGolden();
-const model = new SAM2Base(golden.config);
-const size = golden.config.image_size;
-const isTrained = (name: string) => name.startsWith('image_encoder.') || name.startsWith('sam_mask_decoder.');
-
-interface Pass {
-  loss: number;
-  grads: Map<string, Float32Array>;
-  /** tfjs's peak of allocated tensor bytes during the forward + backward */
-  peakBytes: number;
-}
-
-/** One forward + backward of predictFromBoxes on the golden model and inputs. */
-async function pass(checkpointActivations: boolean): Promise<Pass> {
-  const params = new Map(golden.params);
-  const nameOf = new Map<string, string>();
-  const vars: tf.Variable[] = [];
-  for (const [name, t] of golden.params) {
-    if (!isTrained(name)) continue;
-    const v = tf.variable(t, true);
-    params.set(name, v);
-    vars.push(v);
-    nameOf.set(v.name, name);
-  }
-  const ops = new TfOps(params, { checkpointActivations });
-  const image = nchwToNhwc(golden.inputs.image);
-  const boxes = tf.tensor(golden.inputs.box.data as Float32Array, [1, 4]);
-  const m = size / 4;
-  const target = tf.tensor(Array.from({ length: m * m }, (_, i) => (i % 7 < 3 ? 1 : 0)), [1, 1, m, m]);
-  let result: { value: tf.Scalar; grads: tf.NamedTensorMap } | undefined;
-  const profile = await tf.profile(() => {
-    result = tf.variableGrads(() => {
-      const out = model.predictFromBoxes(ops, image, boxes);
-      return tf.add(tf.mean(tf.square(tf.sub(tf.sigmoid(out.masks), target))), tf.mean(out.iouPred)) as tf.Scalar;
-    }, vars);
-  });
-  const { value, grads } = result!;
-  const out: Pass = { loss: (await value.data())[0], grads: new Map(), peakBytes: profile.peakBytes };
-  for (const [vname, g] of Object.entries(grads)) out.grads.set(nameOf.get(vname)!, (await g.data()) as Float32Array);
-  tf.dispose([value, ...Object.values(grads), image, boxes, target, ...vars]);
-  return out;
-}
-
-/** max |a - b| over the largest |b| of each gradient (floored): the worst gradient's figure. */
-function worstRelative(ours: Map<string, Float32Array>, ref: Map<string, Float32Array>): { name: string; error: number } {
-  let worst = { name: '', error: 0 };
-  for (const [name, r] of ref) {
-    const o = ours.get(name)!;
-    let diff = 0;
-    let scale = 1e-12;
-    for (let i = 0; i < r.length; i++) {
-      diff = Math.max(diff, Math.abs(o[i] - r[i]));
-      scale = Math.max(scale, Math.abs(r[i]));
-    }
-    if (diff / scale >= worst.error) worst = { name, error: diff / scale };
-  }
-  return worst;
-}
 
 describe('gradient checkpointing', () => {
   afterAll(async () => {
@@ -80,9 +20,9 @@ describe('gradient checkpointing', () => {
   for (const backend of ['cpu', 'wasm'] as const) {
     it(`gives the plain path's gradients within 1e-6 with a lower peak (golden small256, ${backend})`, async () => {
       await selectBackend(backend, { quiet: true });
-      const plain = await pass(false);
+      const plain = await goldenPass(false);
       const before = tf.memory().numTensors;
-      const checkpointed = await pass(true);
+      const checkpointed = await goldenPass(true);
       expect(tf.memory().numTensors).toBe(before);
 
       expect(Math.abs(checkpointed.loss - plain.loss)).toBeLessThanOrEqual(1e-6 * Math.abs(plain.loss));

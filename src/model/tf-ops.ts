@@ -3,6 +3,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs';
 import type { Conv2dOptions, LinearAdapters, Ops } from './ops.js';
 import { fusedLayerNorm, hasFusedLayerNorm } from './fused-layer-norm.js';
+import { gradients } from './gradients.js';
 import { ATTENTION_BUDGET_FLAG } from '../backends/common.js';
 
 /*
@@ -305,8 +306,7 @@ export class TfOps implements Ops<tf.Tensor> {
    * op's gradients to its inputs only.
    */
   checkpoint(prefix: string, block: (ops: Ops<tf.Tensor>, inputs: tf.Tensor[]) => tf.Tensor[], inputs: tf.Tensor[]): tf.Tensor[] {
-    const engine = tf.engine();
-    if (!this.checkpointActivations || engine.state.gradientDepth === 0) return block(this, inputs);
+    if (!this.checkpointActivations || tf.engine().state.gradientDepth === 0) return block(this, inputs);
     const blockOps = new BlockOps(this.params, prefix, { attentionChunkBytes: this.attentionChunkBytes, adapters: this.adapters });
     const trained = [...this.params]
       .filter(([name, p]) => name.startsWith(`${prefix}.`) && p instanceof tf.Variable && p.trainable)
@@ -326,16 +326,9 @@ export class TfOps implements Ops<tf.Tensor> {
       return {
         value: pack(block(blockOps, xs)),
         gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-          // the inner gradients() replaces the engine's tape and drops it when done: the outer
-          // backward pass still needs it at its end (to free its saved tensors)
-          const outerTape = engine.state.activeTape;
-          try {
-            const { value, grads } = engine.gradients(() => pack(block(blockOps, saved)), [...saved, ...trained], dy, true);
-            value.dispose();
-            return grads.map((g, i) => g ?? tf.zerosLike(i < saved.length ? saved[i] : trained[i - saved.length]));
-          } finally {
-            engine.state.activeTape = outerTape;
-          }
+          const { value, grads } = gradients(() => pack(block(blockOps, saved)), [...saved, ...trained], dy, true);
+          value.dispose();
+          return grads.map((g, i) => g ?? tf.zerosLike(i < saved.length ? saved[i] : trained[i - saved.length]));
         },
       };
     });

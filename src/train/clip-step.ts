@@ -4,7 +4,7 @@
  * slice, prompted with its box; every later slice is segmented from memory: memory attention over
  * the memories and object pointers that memory-selection.ts picks (the inference rules), the SAM
  * heads, and a new memory from the memory encoder on the output. Everything runs eagerly through
- * the model's own forward code under tf.variableGrads, so memory encoder, memory attention,
+ * the model's own forward code under variableGrads (model/gradients.ts), so memory encoder, memory attention,
  * obj_ptr_proj, maskmem_tpos_enc, ... train with the rest (when `model.trainable` lists them).
  *
  * Loss: SAM2's loss on every slice, summed over the clip as the official trainer sums over frames;

@@ -34,7 +34,7 @@ export interface ModelSetup {
   params: Map<string, tf.Variable>;
   /** the trained parameters by state-dict key */
   trainable: Map<string, tf.Variable>;
-  /** state-dict key of each trained variable's tfjs name (tf.variableGrads keys its gradients so) */
+  /** state-dict key of each trained variable's tfjs name (variableGrads keys its gradients so) */
   keyOfVar: Map<string, string>;
   optimizer: AdamW;
   /** the checkpoint the run continues from */

@@ -13,6 +13,7 @@ import { clipGradNorm, GradAccumulator } from './optimizer.js';
 import { batchTensors, pointTensors, promptPoints } from './batch-tensors.js';
 import { maskInputTensor, planCorrectionRounds, type PromptRound } from './corrections.js';
 import { trainingObjective, type Objective } from './objective.js';
+import { variableGrads } from '../model/gradients.js';
 import type { ImageEmbeddings } from '../model/sam2.js';
 import type { ModelSetup } from './setup.js';
 
@@ -82,7 +83,7 @@ export async function accumulateMicroBatch(
 ): Promise<void> {
   let terms: Record<string, tf.Scalar> = {};
   run.adapter?.dropout?.begin(step, micro);
-  const { value, grads } = tf.variableGrads(() => {
+  const { value, grads } = variableGrads(() => {
     const o = objective();
     terms = Object.fromEntries(Object.entries(o.terms).map(([k, v]) => [k, tf.keep(v)]));
     return o.loss;
