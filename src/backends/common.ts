@@ -27,6 +27,37 @@ export async function activate(name: string): Promise<void> {
   }
   if (!ok || tf.getBackend() !== name) throw new Error(`backend '${name}' failed to initialise`);
   await tf.ready();
+  throwKernelErrorsWhenTimed(tf.backend());
+}
+
+const timingWrapped = new WeakSet<tf.KernelBackend>();
+
+/**
+ * tfjs backends time a kernel in an async `time(f)`, so under `tf.profile` (the dry run's peak
+ * bytes) a kernel that throws — a heap that is full — turns into a rejected promise nobody reads,
+ * and the profiler goes on to fail on the missing outputs with a TypeError. The kernel's own
+ * error is thrown instead.
+ */
+function throwKernelErrorsWhenTimed(backend: tf.KernelBackend): void {
+  if (timingWrapped.has(backend)) return;
+  timingWrapped.add(backend);
+  const time = backend.time.bind(backend);
+  backend.time = (f: () => void) => {
+    let failed: { error: unknown } | undefined;
+    const timing = time(() => {
+      try {
+        f();
+      } catch (error) {
+        failed = { error };
+        throw error;
+      }
+    });
+    if (failed) {
+      timing.catch(() => {}); // the same error, thrown below
+      throw failed.error;
+    }
+    return timing;
+  };
 }
 
 export function cpuDevice(): string {

@@ -7,6 +7,7 @@ import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { activate, cpuDevice, installHint, isNotInstalled, setAttentionBudget, type BackendChoice } from './common.js';
+import { keptFilterBytes } from './wasm-batch-matmul.js';
 
 const require = createRequire(import.meta.url);
 
@@ -62,23 +63,38 @@ const HEAP_RESERVE = 384 * 2 ** 20;
  * result; near the heap's 4 GiB the kernels then hang or write over the heap's start instead of
  * failing. So an allocation that would put the live tensors within HEAP_RESERVE of the maximum, or
  * that malloc refuses, throws (a WebAssembly.RuntimeError, as an abort is, so the trainer's message
- * about the heap applies and `train --dry-run` says the config does not fit).
+ * about the heap applies and `train --dry-run` says the config does not fit). The live bytes are
+ * the blocks tfjs took and has not freed, not tf.memory()'s count, which counts a block once per
+ * view of it (reshapes, the clones each op saves for its gradient), and the weights XNNPACK keeps
+ * packed for the products (wasm-batch-matmul.ts).
  */
 function guardHeap(backend: WasmModuleHolder): void {
   const module = backend.wasm;
   if (guarded.has(module)) return;
-  // emscripten's export wrapper replaces itself with the raw export on its first call: resolve it first
+  // emscripten's export wrappers replace themselves with the raw exports on their first call: resolve them first
   module._free(module._malloc(8));
-  const malloc = module._malloc;
+  const { _malloc: malloc, _free: free } = module;
+  const sizes = new Map<number, number>();
+  let live = 0;
   const gib = (n: number) => (n / 2 ** 30).toFixed(2);
-  const exhausted = (bytes: number, live: number) =>
-    new WebAssembly.RuntimeError(`wasm heap exhausted: ${(bytes / 2 ** 20).toFixed(0)} MiB asked with ${gib(live)} GiB of tensors live, the heap at ${gib(module.HEAPU8.length)} of its ${gib(HEAP_MAX)} GiB`);
+  const exhausted = (bytes: number) =>
+    new WebAssembly.RuntimeError(
+      `wasm heap exhausted: ${(bytes / 2 ** 20).toFixed(0)} MiB asked with ${gib(live)} GiB of tensors and ${gib(keptFilterBytes())} GiB of packed weights live, ` +
+        `the heap at ${gib(module.HEAPU8.length)} of its ${gib(HEAP_MAX)} GiB`,
+    );
   module._malloc = (bytes: number) => {
-    const live = tf.memory().numBytes;
-    if (live + bytes > HEAP_MAX - HEAP_RESERVE) throw exhausted(bytes, live);
+    if (live + keptFilterBytes() + bytes > HEAP_MAX - HEAP_RESERVE) throw exhausted(bytes);
     const at = malloc(bytes);
-    if (at === 0 && bytes > 0) throw exhausted(bytes, live);
+    if (at === 0 && bytes > 0) throw exhausted(bytes);
+    // the export returns a signed i32; tfjs keeps addresses past 2 GiB unsigned (>>> 0)
+    sizes.set(at >>> 0, bytes);
+    live += bytes;
     return at;
+  };
+  module._free = (at: number) => {
+    live -= sizes.get(at >>> 0) ?? 0;
+    sizes.delete(at >>> 0);
+    free(at);
   };
   guarded.add(module);
 }
