@@ -2,12 +2,13 @@
  * wasm's BatchMatMul and _FusedMatMul replacements (src/backends/wasm-batch-matmul.ts: each
  * product as XNNPACK's threaded 1x1 convolution) against products computed here in float64:
  * plain, transposed either side, batched, a right operand shared across the batch, with a bias,
- * and small products (the unbiased ones left to the kernel replaced, whose bias is wrong).
+ * and small products (the unbiased ones left to the kernel replaced, whose bias is wrong); a weight
+ * kept packed between products gives the same values, and new data in its place is read anew.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { selectBackend } from '../src/backend.js';
-import { xnnBatchMatMulRegistered } from '../src/backends/wasm-batch-matmul.js';
+import { keptFilterBytes, xnnBatchMatMulRegistered } from '../src/backends/wasm-batch-matmul.js';
 
 function values(n: number, seed: number): Float32Array {
   let s = seed;
@@ -95,6 +96,39 @@ describe('wasm products through XNNPACK convolutions, against float64', () => {
       expect(tf.memory().numTensors).toBe(before);
     });
   }
+
+  it('keeps a reused weight packed, with its values, until its data is freed', async () => {
+    const x = values(64 * 48, 6);
+    const w1 = values(40 * 48, 7);
+    const w2 = values(40 * 48, 8);
+    const bias = values(40, 9);
+    const inputs = tf.tensor(x, [64, 48]);
+    const b = tf.tensor1d(bias);
+    const before = tf.memory().numTensors;
+    // x @ W^T + b, and dY @ W (W as is), each three times: kept from the second use on
+    const useWeight = async (w: tf.Tensor, wValues: Float32Array) => {
+      for (let i = 0; i < 3; i++) {
+        const y = tf.fused.matMul({ a: inputs as tf.Tensor2D, b: w as tf.Tensor2D, transposeB: true, bias: b });
+        expectClose((await y.data()) as Float32Array, reference(x, [64, 48], wValues, [40, 48], false, true, bias));
+        const back = tf.tidy(() => tf.matMul(tf.slice(inputs, [0, 0], [64, 40]), w));
+        expectClose((await back.data()) as Float32Array, reference(x.filter((_, j) => j % 48 < 40), [64, 40], wValues, [40, 48], false, false));
+        tf.dispose([y, back]);
+      }
+    };
+    const first = tf.tensor(w1, [40, 48]);
+    await useWeight(first, w1);
+    // W^T (ours) + W as is, each with XNNPACK's packed copy and its own transposed one
+    expect(keptFilterBytes()).toBe(2 * (2 * 4 * 40 * 48));
+    first.dispose();
+    expect(keptFilterBytes()).toBe(0);
+    // new values, likely at the freed weight's address: read anew, not from the old operator
+    const second = tf.tensor(w2, [40, 48]);
+    await useWeight(second, w2);
+    second.dispose();
+    expect(keptFilterBytes()).toBe(0);
+    expect(tf.memory().numTensors).toBe(before);
+    tf.dispose([inputs, b]);
+  });
 
   it('gives the same values on 1 and 2 threads', async () => {
     const a = values(90 * 64, 4);
