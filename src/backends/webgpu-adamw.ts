@@ -138,13 +138,8 @@ const sumOfSquaresKernel: tf.KernelFunc = ({ inputs, backend }) => {
   return { dataId: out.dataId, shape: [], dtype: 'float32' };
 };
 
-/** Registers the optimizer's kernels for 'webgpu' (every adapter); idempotent. */
-export function registerWebgpuOptimizerKernels(): void {
-  for (const [kernelName, kernelFunc] of [
-    [FUSED_ADAMW, adamWKernel],
-    [SUM_OF_SQUARES, sumOfSquaresKernel],
-  ] as const) {
-    if (tf.getKernel(kernelName, 'webgpu')) tf.unregisterKernel(kernelName, 'webgpu');
-    tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc });
-  }
-}
+/** The optimizer's kernels, by name, for every adapter (webgpu-kernels.ts registers them). */
+export const optimizerKernels: Array<[string, tf.KernelFunc]> = [
+  [FUSED_ADAMW, adamWKernel],
+  [SUM_OF_SQUARES, sumOfSquaresKernel],
+];

@@ -5,11 +5,12 @@
  * here in chunks. (Concat, and Pack through it, chunk already in tfjs.) Also the fused LayerNorm
  * (webgpu-layer-norm.ts), and for software adapters (lavapipe) matrix products, convolutions,
  * softmax, sums and matrix transposes (webgpu-matmul.ts, webgpu-conv.ts, webgpu-rows.ts,
- * webgpu-transpose.ts).
+ * webgpu-transpose.ts), and the optimizer's fused AdamW and sum of squares (webgpu-adamw.ts).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
-import { registerLayerNormKernels } from './webgpu-layer-norm.js';
+import { optimizerKernels } from './webgpu-adamw.js';
+import { layerNormKernels } from './webgpu-layer-norm.js';
 import { matMulKernels, type SoftwareKernel } from './webgpu-matmul.js';
 import { convKernels } from './webgpu-conv.js';
 import { rowKernels } from './webgpu-rows.js';
@@ -28,6 +29,12 @@ export function tfjsWebgpuKernel(name: string): tf.KernelConfig {
 function replaceKernel(name: string, kernelFunc: tf.KernelFunc): void {
   if (!tfjsKernels.has(name)) tfjsKernels.set(name, tfjsWebgpuKernel(name));
   tf.unregisterKernel(name, 'webgpu');
+  tf.registerKernel({ kernelName: name, backendName: 'webgpu', kernelFunc });
+}
+
+/** A kernel under a name of medtune's own (no tfjs kernel to keep); a second call replaces the first. */
+function registerOwnKernel(name: string, kernelFunc: tf.KernelFunc): void {
+  if (tf.getKernel(name, 'webgpu')) tf.unregisterKernel(name, 'webgpu');
   tf.registerKernel({ kernelName: name, backendName: 'webgpu', kernelFunc });
 }
 
@@ -64,5 +71,5 @@ function onSoftwareAdapter(name: string, ours: SoftwareKernel): tf.KernelFunc {
 export function registerWebgpuKernels(): void {
   replaceKernel(tf.AddN, chunkedAddN);
   for (const [name, ours] of [...matMulKernels, ...convKernels, ...rowKernels, ...transposeKernels]) replaceKernel(name, onSoftwareAdapter(name, ours));
-  registerLayerNormKernels();
+  for (const [name, ours] of [...layerNormKernels, ...optimizerKernels]) registerOwnKernel(name, ours);
 }

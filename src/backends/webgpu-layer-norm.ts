@@ -120,12 +120,8 @@ const layerNormGradKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   return runRows(backend as WebGPUBackend, new LayerNormGradProgram(rows, cols), [dy, x, weight], x.shape, (attrs as { eps: number }).eps);
 };
 
-export function registerLayerNormKernels(): void {
-  for (const [kernelName, kernelFunc] of [
-    [FUSED_LAYER_NORM, layerNormKernel],
-    [FUSED_LAYER_NORM_GRAD, layerNormGradKernel],
-  ] as const) {
-    if (tf.getKernel(kernelName, 'webgpu')) tf.unregisterKernel(kernelName, 'webgpu');
-    tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc });
-  }
-}
+/** The fused LayerNorm's forward and gradient kernels, by name (webgpu-kernels.ts registers them). */
+export const layerNormKernels: Array<[string, tf.KernelFunc]> = [
+  [FUSED_LAYER_NORM, layerNormKernel],
+  [FUSED_LAYER_NORM_GRAD, layerNormGradKernel],
+];

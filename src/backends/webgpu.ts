@@ -122,7 +122,6 @@ async function installWebgpuBackend(): Promise<void> {
     3,
   );
   registerWebgpuKernels();
-  (await import('./webgpu-adamw.js')).registerWebgpuOptimizerKernels();
   labelWebgpuKernels();
   installed = true;
 }
