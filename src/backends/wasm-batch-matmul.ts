@@ -21,7 +21,7 @@ interface WasmInternals {
   };
   dataIdMap: { get(dataId: tf.DataId): { id: number; memoryOffset: number } };
   dataIdNextNumber: number;
-  disposeData(dataId: tf.DataId): boolean;
+  disposeData(dataId: tf.DataId, force?: boolean): boolean;
 }
 
 type Wasm = WasmInternals & Pick<BackendWasm, 'makeOutput'>;
@@ -63,6 +63,13 @@ function swapLastAxes(x: tf.TensorInfo, backend: Wasm): tf.TensorInfo {
 
 const product = (shape: number[]) => shape.reduce((p, d) => p * d, 1);
 
+/** Registers `size` floats of wasm memory at `at` as a tensor of wasm's own (no copy); its id. */
+function registerView(backend: Wasm, at: number, size: number): number {
+  const id = backend.dataIdNextNumber++;
+  backend.wasm.tfjs.registerTensor(id, size, at);
+  return id;
+}
+
 /**
  * a (G, M, K) @ b (G, K, N) (+ bias (N)), any leading shape G; b with leading size 1 is shared by
  * every entry (then all of a is one product). Each product is one 1x1 convolution in XNNPACK.
@@ -81,8 +88,7 @@ function xnnProducts(a: tf.TensorInfo, b: tf.TensorInfo, bias: tf.TensorInfo | u
   const [aOff, bOff, oOff] = [offset(a), offset(b), offset(out)];
   const views: number[] = [];
   const view = (at: number, size: number) => {
-    const id = backend.dataIdNextNumber++;
-    backend.wasm.tfjs.registerTensor(id, size, at);
+    const id = registerView(backend, at, size);
     views.push(id);
     return id;
   };
@@ -113,10 +119,9 @@ interface KeptFilter {
 }
 
 interface CacheEntry extends KeptFilter {
-  /** b transposed, where the product reads b transposed: ours, freed with the entry */
-  transposed?: tf.TensorInfo;
   /** what XNNPACK holds beside it: the packed filter and the kernel's own transposed copy */
   operatorBytes: number;
+  /** b's data, then the bias's: the entry lives while they do */
   sources: tf.DataId[];
 }
 
@@ -148,7 +153,8 @@ function dropEntry(key: string, backend: Wasm, free: (dataId: tf.DataId) => bool
   // unregistering the views drops the operators tfjs keeps on them
   backend.wasm.tfjs.disposeData(entry.filter);
   if (entry.bias !== undefined) backend.wasm.tfjs.disposeData(entry.bias);
-  if (entry.transposed) free(entry.transposed.dataId);
+  // an operand that is not b's own data is b transposed, made for the entry
+  if (entry.operand.dataId !== entry.sources[0]) free(entry.operand.dataId);
 }
 
 /** Frees the entries of data the backend frees (once per backend). */
@@ -157,11 +163,12 @@ function hookDisposal(backend: Wasm): void {
   hooked.add(backend);
   const free = backend.disposeData.bind(backend);
   backend.disposeData = (dataId: tf.DataId, force?: boolean) => {
-    const freed = (free as (d: tf.DataId, f?: boolean) => boolean)(dataId, force);
+    const freed = free(dataId, force);
     const keys = keysOfSource.get(dataId);
     if (freed && keys) {
       keysOfSource.delete(dataId);
-      for (const key of keys) if (entries.has(key)) dropEntry(key, backend, free);
+      // (dropping an entry takes its key out of every other source's set, never out of this one)
+      for (const key of keys) dropEntry(key, backend, free);
     }
     return freed;
   };
@@ -180,17 +187,12 @@ function keptFilter(b: tf.TensorInfo, transposeB: boolean, bias: tf.TensorInfo |
   }
   const r = b.shape.length;
   const [k, n] = transposeB ? [b.shape[r - 1], b.shape[r - 2]] : [b.shape[r - 2], b.shape[r - 1]];
-  const transposed = transposeB ? swapLastAxes(b, backend) : undefined;
-  const register = (t: tf.TensorInfo, size: number) => {
-    const id = backend.dataIdNextNumber++;
-    backend.wasm.tfjs.registerTensor(id, size, ids.get(t.dataId).memoryOffset);
-    return id;
-  };
+  const operand = transposeB ? swapLastAxes(b, backend) : b;
+  const register = (t: tf.TensorInfo, size: number) => registerView(backend, ids.get(t.dataId).memoryOffset, size);
   const entry: CacheEntry = {
-    operand: transposed ?? b,
-    filter: register(transposed ?? b, k * n),
+    operand,
+    filter: register(operand, k * n),
     bias: bias ? register(bias, n) : undefined,
-    transposed,
     operatorBytes: 2 * 4 * k * n,
     sources: bias ? [b.dataId, bias.dataId] : [b.dataId],
   };
