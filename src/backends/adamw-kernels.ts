@@ -2,8 +2,8 @@
  * The fused AdamW update (FUSED_ADAMW, src/train/optimizer.ts) for the `cpu` backend: one loop
  * over the parameter's typed arrays instead of ~14 tfjs ops, each a pass over the parameter. (On
  * wasm the same loop measured slower than wasm's own SIMD ops on every thread, so wasm has none
- * and its CPU fallbacks do not copy it.) Every operation is rounded to float32 as the op it replaces rounds its output, so the
- * result equals the composite path's bit for bit.
+ * and its CPU fallbacks do not copy it.) Every operation is rounded to float32 as the op it
+ * replaces rounds its output, so the result equals the composite path's bit for bit.
  */
 import * as tf from '@tensorflow/tfjs-core';
 
