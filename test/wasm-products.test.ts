@@ -2,13 +2,14 @@
  * wasm's BatchMatMul and _FusedMatMul replacements (src/backends/wasm-batch-matmul.ts: each
  * product as XNNPACK's threaded 1x1 convolution) against products computed here in float64:
  * plain, transposed either side, batched, a right operand shared across the batch, with a bias,
- * and small products (the unbiased ones left to the kernel replaced, whose bias is wrong); a weight
- * kept packed between products gives the same values, and new data in its place is read anew.
+ * and small products (the unbiased ones left to the kernel replaced, whose bias is wrong), each
+ * either way round (b packed, or a); the two ways give the same bits; a weight kept packed between
+ * products gives the same values, and new data in its place is read anew.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { selectBackend } from '../src/backend.js';
-import { keptFilterBytes, xnnBatchMatMulRegistered } from '../src/backends/wasm-batch-matmul.js';
+import { forceProductWay, keptFilterBytes, xnnBatchMatMulRegistered } from '../src/backends/wasm-batch-matmul.js';
 
 function values(n: number, seed: number): Float32Array {
   let s = seed;
@@ -65,6 +66,23 @@ const CASES: Array<{ name: string; a: number[]; b: number[]; tA?: boolean; tB?: 
   { name: 'a transposed against a shared b, with a bias: the product, then the bias', a: [2, 60, 50], b: [1, 60, 70], tA: true, bias: true },
 ];
 
+type Case = (typeof CASES)[number];
+
+function operands(c: Case): { a: Float32Array; b: Float32Array; bias?: Float32Array } {
+  const size = (s: number[]) => s.reduce((p, d) => p * d, 1);
+  const n = c.tB ? c.b[c.b.length - 2] : c.b[c.b.length - 1];
+  return { a: values(size(c.a), 1), b: values(size(c.b), 2), bias: c.bias ? values(n, 3) : undefined };
+}
+
+function productOf(c: Case, a: Float32Array, b: Float32Array, bias?: Float32Array): tf.Tensor {
+  return tf.tidy(() => {
+    const at = tf.tensor(a, c.a);
+    const bt = tf.tensor(b, c.b);
+    if (bias) return tf.fused.matMul({ a: at as tf.Tensor3D, b: bt as tf.Tensor3D, transposeA: c.tA, transposeB: c.tB, bias: tf.tensor1d(bias) });
+    return tf.matMul(at, bt, c.tA, c.tB);
+  });
+}
+
 describe('wasm products through XNNPACK convolutions, against float64', () => {
   beforeAll(async () => {
     await selectBackend('wasm', { threads: 2, quiet: true });
@@ -77,25 +95,40 @@ describe('wasm products through XNNPACK convolutions, against float64', () => {
     expect(xnnBatchMatMulRegistered()).toBe(true);
   });
 
-  for (const c of CASES) {
-    it(c.name, async () => {
-      const size = (s: number[]) => s.reduce((p, d) => p * d, 1);
-      const a = values(size(c.a), 1);
-      const b = values(size(c.b), 2);
-      const n = c.tB ? c.b[c.b.length - 2] : c.b[c.b.length - 1];
-      const bias = c.bias ? values(n, 3) : undefined;
-      const before = tf.memory().numTensors;
-      const out = tf.tidy(() => {
-        const at = tf.tensor(a, c.a);
-        const bt = tf.tensor(b, c.b);
-        if (bias) return tf.fused.matMul({ a: at as tf.Tensor3D, b: bt as tf.Tensor3D, transposeA: c.tA, transposeB: c.tB, bias: tf.tensor1d(bias) });
-        return tf.matMul(at, bt, c.tA, c.tB);
-      });
-      expectClose((await out.data()) as Float32Array, reference(a, c.a, b, c.b, c.tA ?? false, c.tB ?? false, bias));
-      out.dispose();
-      expect(tf.memory().numTensors).toBe(before);
+  for (const way of ['direct', 'swapped'] as const) {
+    describe(`${way}: ${way === 'direct' ? 'a @ b, b packed' : '(b^T @ a^T)^T, a packed'}`, () => {
+      beforeAll(() => forceProductWay(way));
+      afterAll(() => forceProductWay(undefined));
+      for (const c of CASES) {
+        it(c.name, async () => {
+          const { a, b, bias } = operands(c);
+          const before = tf.memory().numTensors;
+          const out = productOf(c, a, b, bias);
+          expectClose((await out.data()) as Float32Array, reference(a, c.a, b, c.b, c.tA ?? false, c.tB ?? false, bias));
+          out.dispose();
+          expect(tf.memory().numTensors).toBe(before);
+        });
+      }
     });
   }
+
+  it('gives the same bits either way, and while timing settles the way', async () => {
+    // the timing may pick either way for a signature, so the choice must not show in the values
+    for (const c of CASES.filter((c) => c.a.length === c.b.length)) {
+      const { a, b, bias } = operands(c);
+      const run = async (way: 'direct' | 'swapped' | undefined) => {
+        forceProductWay(way);
+        const out = productOf(c, a, b, bias);
+        const v = Array.from(await out.data());
+        out.dispose();
+        return v;
+      };
+      const direct = await run('direct');
+      expect(await run('swapped'), c.name).toEqual(direct);
+      // the trial calls alternate the ways, then the faster one stays
+      for (let call = 0; call < 5; call++) expect(await run(undefined), `${c.name}, timed call ${call}`).toEqual(direct);
+    }
+  });
 
   it('keeps a reused weight packed, with its values, until its data is freed', async () => {
     const x = values(64 * 48, 6);

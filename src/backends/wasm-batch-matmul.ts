@@ -7,9 +7,15 @@
  * runs on the pool, and a 1x1 convolution of an (M, K) image by a (K, N) filter is the product
  * itself, bit for bit. So these kernels materialize a transposed operand (a cheap copy), register
  * each batch entry as a view tensor on the same WASM memory (no copy) and call the backend's own
- * Conv2D / FusedConv2D export once per entry, writing straight into the output's memory. Small
- * products and the cases this does not cover go to the kernel each replaces. Gradients need
- * nothing of their own: tfjs's product gradients are made of products, which land here again.
+ * Conv2D export once per entry, writing straight into the output's memory. Small products and the
+ * cases this does not cover go to the kernel each replaces. Gradients need nothing of their own:
+ * tfjs's product gradients are made of products, which land here again.
+ *
+ * XNNPACK packs the convolution's filter on every call, and with new operands that packing, not
+ * the multiply-adds, is most of the cost: it scales with the filter's size. So a product runs
+ * either as a @ b (b packed) or as (b^T @ a^T)^T (a packed), whichever its first calls measure
+ * faster (64x768 @ 768x3072 with a new b: 52.6 ms, against 2.4 ms through a). Both give the same
+ * bits: each output is the same sum over K in the same order, and a bias is added after it.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
@@ -29,23 +35,18 @@ type Wasm = WasmInternals & Pick<BackendWasm, 'makeOutput'>;
 /** Below this many multiply-adds per entry of a batch the per-entry call (an operator set up and torn down) costs more than it saves. */
 const XNN_MIN_MACS = 32 * 1024;
 
-interface ConvExports {
-  /** (x, batch, inH, inW, filter, fh, fw, pads t r b l, same, dilations h w, strides h w, inC, outC, out), as tfjs's Conv2D kernel calls it */
-  conv2d: (...a: number[]) => void;
-  /** as conv2d with bias after fw and (activation, prelu, leakyAlpha) before out, as tfjs's FusedConv2D kernel calls it */
-  fusedConv2d: (...a: number[]) => void;
-}
+/** (x, batch, inH, inW, filter, fh, fw, pads t r b l, same, dilations h w, strides h w, inC, outC, out), as tfjs's Conv2D kernel calls it */
+type Conv2dExport = (...a: number[]) => void;
 
-const exportsOf = new WeakMap<object, ConvExports>();
+const conv2dOf = new WeakMap<object, Conv2dExport>();
 
-function convExports(backend: Wasm): ConvExports {
-  let e = exportsOf.get(backend.wasm);
-  if (!e) {
-    const numbers = (n: number) => Array<string>(n).fill('number');
-    e = { conv2d: backend.wasm.cwrap(tf.Conv2D, null, numbers(19)), fusedConv2d: backend.wasm.cwrap(tf.FusedConv2D, null, numbers(23)) };
-    exportsOf.set(backend.wasm, e);
+function conv2dExport(backend: Wasm): Conv2dExport {
+  let conv2d = conv2dOf.get(backend.wasm);
+  if (!conv2d) {
+    conv2d = backend.wasm.cwrap(tf.Conv2D, null, Array<string>(19).fill('number'));
+    conv2dOf.set(backend.wasm, conv2d);
   }
-  return e;
+  return conv2d;
 }
 
 /** The wasm kernel registered as `name` (ours where we replaced it) on backend data: its single output, a new tensor. */
@@ -70,19 +71,24 @@ function registerView(backend: Wasm, at: number, size: number): number {
   return id;
 }
 
+/** x's data seen with another shape (wasm's Reshape: the same data, one more reference). */
+function reshaped(x: tf.TensorInfo, shape: number[], backend: Wasm): tf.TensorInfo {
+  return runWasmKernel(tf.Reshape, { x }, { shape }, backend);
+}
+
 /**
- * a (G, M, K) @ b (G, K, N) (+ bias (N)), any leading shape G; b with leading size 1 is shared by
- * every entry (then all of a is one product). Each product is one 1x1 convolution in XNNPACK.
- * `kept`: the shared filter (and bias) already registered by the filter cache, for b.
+ * a (G, M, K) @ b (G, K, N), any leading shape G; b with leading size 1 is shared by every entry
+ * (then all of a is one product). Each product is one 1x1 convolution in XNNPACK, b its filter.
+ * `kept`: the shared filter already registered by the filter cache, for b.
  */
-function xnnProducts(a: tf.TensorInfo, b: tf.TensorInfo, bias: tf.TensorInfo | undefined, backend: Wasm, kept?: KeptFilter): tf.TensorInfo {
+function xnnProducts(a: tf.TensorInfo, b: tf.TensorInfo, backend: Wasm, kept?: KeptFilter): tf.TensorInfo {
   const r = a.shape.length;
   const [m, k] = a.shape.slice(-2);
   const n = b.shape[b.shape.length - 1];
   const shared = product(b.shape.slice(0, -2)) === 1;
   const entries = shared ? 1 : product(a.shape.slice(0, -2));
   const rows = shared ? product(a.shape.slice(0, -1)) : m;
-  const { conv2d, fusedConv2d } = convExports(backend);
+  const conv2d = conv2dExport(backend);
   const out = backend.makeOutput([...a.shape.slice(0, r - 2), m, n], 'float32');
   const offset = (t: tf.TensorInfo) => backend.dataIdMap.get(t.dataId).memoryOffset;
   const [aOff, bOff, oOff] = [offset(a), offset(b), offset(out)];
@@ -98,9 +104,8 @@ function xnnProducts(a: tf.TensorInfo, b: tf.TensorInfo, bias: tf.TensorInfo | u
       const filter = kept?.filter ?? view(bOff + 4 * i * k * n, k * n); // (1, 1, K, N): the product's (K, N)
       const y = view(oOff + 4 * i * rows * n, rows * n);
       // the image is 1 x rows pixels of K channels; no padding, unit strides and dilations
-      if (bias) fusedConv2d(x, 1, 1, rows, filter, 1, 1, kept?.bias ?? view(offset(bias), n), 0, 0, 0, 0, 0, 1, 1, 1, 1, k, n, 0 /* linear */, 0, 0, y);
-      else conv2d(x, 1, 1, rows, filter, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1, k, n, y);
-      // unregistering the views also drops the XNNPACK operator cached on them (filter, bias)
+      conv2d(x, 1, 1, rows, filter, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1, k, n, y);
+      // unregistering the views also drops the XNNPACK operator cached on them
       for (const id of views.splice(0)) backend.wasm.tfjs.disposeData(id);
     }
   } finally {
@@ -113,16 +118,15 @@ function xnnProducts(a: tf.TensorInfo, b: tf.TensorInfo, bias: tf.TensorInfo | u
 interface KeptFilter {
   /** b as the product reads it, (K, N) */
   operand: tf.TensorInfo;
-  /** wasm tensor ids of the (1, 1, K, N) filter view and of the bias view */
+  /** wasm tensor id of the (1, 1, K, N) filter view */
   filter: number;
-  bias?: number;
 }
 
 interface CacheEntry extends KeptFilter {
   /** what XNNPACK holds beside it: the packed filter and the kernel's own transposed copy */
   operatorBytes: number;
-  /** b's data, then the bias's: the entry lives while they do */
-  sources: tf.DataId[];
+  /** b's data: the entry lives while it does */
+  source: tf.DataId;
 }
 
 /*
@@ -135,7 +139,7 @@ interface CacheEntry extends KeptFilter {
  * operand is kept from its second use on, so activations, used once, pass through.
  */
 const entries = new Map<string, CacheEntry>();
-const keysOfSource = new Map<tf.DataId, Set<string>>();
+const keysOfSource = new Map<tf.DataId, string[]>();
 const usedOnce = new WeakSet<tf.DataId>();
 const hooked = new WeakSet<object>();
 let operatorBytes = 0;
@@ -149,12 +153,10 @@ function dropEntry(key: string, backend: Wasm, free: (dataId: tf.DataId) => bool
   const entry = entries.get(key)!;
   entries.delete(key);
   operatorBytes -= entry.operatorBytes;
-  for (const source of entry.sources) keysOfSource.get(source)?.delete(key);
-  // unregistering the views drops the operators tfjs keeps on them
+  // unregistering the view drops the operator tfjs keeps on it
   backend.wasm.tfjs.disposeData(entry.filter);
-  if (entry.bias !== undefined) backend.wasm.tfjs.disposeData(entry.bias);
   // an operand that is not b's own data is b transposed, made for the entry
-  if (entry.operand.dataId !== entry.sources[0]) free(entry.operand.dataId);
+  if (entry.operand.dataId !== entry.source) free(entry.operand.dataId);
 }
 
 /** Frees the entries of data the backend frees (once per backend). */
@@ -167,18 +169,23 @@ function hookDisposal(backend: Wasm): void {
     const keys = keysOfSource.get(dataId);
     if (freed && keys) {
       keysOfSource.delete(dataId);
-      // (dropping an entry takes its key out of every other source's set, never out of this one)
       for (const key of keys) dropEntry(key, backend, free);
     }
     return freed;
   };
 }
 
-/** b (as the product reads it) and the bias registered for good from b's second use on; else undefined. */
-function keptFilter(b: tf.TensorInfo, transposeB: boolean, bias: tf.TensorInfo | undefined, backend: Wasm): KeptFilter | undefined {
+const keyOf = (b: tf.TensorInfo, transposeB: boolean, backend: Wasm) => `${backend.dataIdMap.get(b.dataId).id}${transposeB ? 't' : ''}`;
+
+/** Whether keptFilter keeps b (already kept, or seen before): then packing it once beats packing anything anew. */
+function keeps(b: tf.TensorInfo, transposeB: boolean, backend: Wasm): boolean {
+  return usedOnce.has(b.dataId) || entries.has(keyOf(b, transposeB, backend));
+}
+
+/** b (as the product reads it) registered for good from b's second use on; else undefined. */
+function keptFilter(b: tf.TensorInfo, transposeB: boolean, backend: Wasm): KeptFilter | undefined {
   hookDisposal(backend);
-  const ids = backend.dataIdMap;
-  const key = `${ids.get(b.dataId).id}${transposeB ? 't' : ''}:${bias ? ids.get(bias.dataId).id : ''}`;
+  const key = keyOf(b, transposeB, backend);
   const hit = entries.get(key);
   if (hit) return hit;
   if (!usedOnce.has(b.dataId)) {
@@ -188,27 +195,84 @@ function keptFilter(b: tf.TensorInfo, transposeB: boolean, bias: tf.TensorInfo |
   const r = b.shape.length;
   const [k, n] = transposeB ? [b.shape[r - 1], b.shape[r - 2]] : [b.shape[r - 2], b.shape[r - 1]];
   const operand = transposeB ? swapLastAxes(b, backend) : b;
-  const register = (t: tf.TensorInfo, size: number) => registerView(backend, ids.get(t.dataId).memoryOffset, size);
   const entry: CacheEntry = {
     operand,
-    filter: register(operand, k * n),
-    bias: bias ? register(bias, n) : undefined,
+    filter: registerView(backend, backend.dataIdMap.get(operand.dataId).memoryOffset, k * n),
     operatorBytes: 2 * 4 * k * n,
-    sources: bias ? [b.dataId, bias.dataId] : [b.dataId],
+    source: b.dataId,
   };
   entries.set(key, entry);
   operatorBytes += entry.operatorBytes;
-  for (const source of entry.sources) {
-    if (!keysOfSource.has(source)) keysOfSource.set(source, new Set());
-    keysOfSource.get(source)!.add(key);
-  }
+  keysOfSource.set(b.dataId, [...(keysOfSource.get(b.dataId) ?? []), key]);
   return entry;
 }
 
+/** a @ b with b packed: a (G, M, K) as XNNPACK's image, b (G or 1, K, N) its filter, kept from its second use when shared. */
+function directProduct(a: tf.TensorInfo, b: tf.TensorInfo, transposeA: boolean, transposeB: boolean, sharedB: boolean, backend: Wasm): tf.TensorInfo {
+  const at = transposeA ? swapLastAxes(a, backend) : a;
+  const kept = sharedB ? keptFilter(b, transposeB, backend) : undefined;
+  const bt = kept?.operand ?? (transposeB ? swapLastAxes(b, backend) : b);
+  try {
+    return xnnProducts(at, bt, backend, kept);
+  } finally {
+    if (at !== a) backend.disposeData(at.dataId);
+    if (bt !== b && !kept) backend.disposeData(bt.dataId);
+  }
+}
+
+/** a @ b as (b^T @ a^T)^T, a packed: b^T (G, N, K) the image, a^T (G or 1, K, M) the filter; a shared b folds a's batch into its rows. */
+function swappedProduct(a: tf.TensorInfo, b: tf.TensorInfo, transposeA: boolean, transposeB: boolean, outShape: number[], backend: Wasm): tf.TensorInfo {
+  const r = a.shape.length;
+  const temps: tf.TensorInfo[] = [];
+  const temp = (t: tf.TensorInfo) => (temps.push(t), t);
+  try {
+    const fold = product(b.shape.slice(0, -2)) === 1 && product(a.shape.slice(0, -2)) > 1;
+    const a2 = fold ? temp(reshaped(a, [1, product(a.shape.slice(0, -1)), a.shape[r - 1]], backend)) : a;
+    const b2 = fold ? temp(reshaped(b, [1, ...b.shape.slice(-2)], backend)) : b;
+    const image = transposeB ? b2 : temp(swapLastAxes(b2, backend));
+    const filter = transposeA ? a2 : temp(swapLastAxes(a2, backend));
+    const outT = temp(xnnProducts(image, filter, backend));
+    return reshaped(temp(swapLastAxes(outT, backend)), outShape, backend);
+  } finally {
+    for (const t of temps) backend.disposeData(t.dataId);
+  }
+}
+
+/** Timings of both ways, per product signature, until they settle which is faster. */
+interface Trial {
+  direct: number[];
+  swapped: number[];
+  swappedFaster?: boolean;
+}
+
+/** Calls each way is timed before a signature settles (the fastest of each counts). */
+const TRIAL_CALLS = 2;
+const trials = new Map<string, Trial>();
+let forced: 'direct' | 'swapped' | undefined;
+
+/** Runs every product one way (tests compare the two), or lets timing choose again (undefined). */
+export function forceProductWay(way: 'direct' | 'swapped' | undefined): void {
+  forced = way;
+}
+
+/** `run` one way: the way settled for `signature`, else the way with fewer timed calls, timed. */
+function timedWay(signature: string, run: (swapped: boolean) => tf.TensorInfo): tf.TensorInfo {
+  if (forced) return run(forced === 'swapped');
+  let trial = trials.get(signature);
+  if (!trial) trials.set(signature, (trial = { direct: [], swapped: [] }));
+  if (trial.swappedFaster !== undefined) return run(trial.swappedFaster);
+  const swapped = trial.swapped.length < trial.direct.length;
+  const start = performance.now();
+  const out = run(swapped);
+  (swapped ? trial.swapped : trial.direct).push(performance.now() - start);
+  if (trial.swapped.length === TRIAL_CALLS) trial.swappedFaster = Math.min(...trial.swapped) < Math.min(...trial.direct);
+  return out;
+}
+
 /**
- * The product through xnnProducts, or null where it does not apply: not float32, batch shapes
- * other than equal or b's of size 1 (a transposed a then cannot be folded), a bias that is not
- * one value per column, or a batch of small unbiased products.
+ * The product through XNNPACK, or null where it does not apply: not float32, batch shapes other
+ * than equal or b's of size 1 (a transposed a then cannot be folded), a bias that is not one value
+ * per column, or a batch of small unbiased products. The bias is added after the product.
  */
 function viaXnn(a: tf.TensorInfo, b: tf.TensorInfo, transposeA: boolean, transposeB: boolean, bias: tf.TensorInfo | undefined, backend: Wasm): tf.TensorInfo | null {
   const r = a.shape.length;
@@ -224,14 +288,20 @@ function viaXnn(a: tf.TensorInfo, b: tf.TensorInfo, transposeA: boolean, transpo
   // one call whatever its size, and never a bias in wasm's own loop (it adds the bias of the
   // last column to every row after the first, once per block of K)
   if (m * k * n < XNN_MIN_MACS && !sharedB && !bias) return null;
-  const at = transposeA ? swapLastAxes(a, backend) : a;
-  const kept = sharedB ? keptFilter(b, transposeB, bias, backend) : undefined;
-  const bt = kept?.operand ?? (transposeB ? swapLastAxes(b, backend) : b);
+  const outShape = [...batchA, m, n];
+  const direct = () => directProduct(a, b, transposeA, transposeB, sharedB, backend);
+  const swapped = () => {
+    if (sharedB) usedOnce.add(b.dataId); // its next use keeps it
+    return swappedProduct(a, b, transposeA, transposeB, outShape, backend);
+  };
+  const out = sharedB && keeps(b, transposeB, backend)
+    ? direct()
+    : timedWay(`${batchA}|${m}x${k}x${n}|${transposeA}${transposeB}${sharedB}`, (swap) => (swap ? swapped() : direct()));
+  if (!bias) return out;
   try {
-    return xnnProducts(at, bt, bias, backend, kept);
+    return runWasmKernel(tf.Add, { a: out, b: bias }, {}, backend);
   } finally {
-    if (at !== a) backend.disposeData(at.dataId);
-    if (bt !== b && !kept) backend.disposeData(bt.dataId);
+    backend.disposeData(out.dataId);
   }
 }
 
