@@ -24,6 +24,8 @@ const OP_CLASSES: Array<[string, RegExp]> = [
   ['conv', /Conv|Im2Col/],
   ['reduce', /^(Sum|Mean|Max|Min|Prod|All|Any|ArgMax|ArgMin)$/],
   ['softmax', /Softmax/],
+  ['attention', /^MedtuneAttention/],
+  ['layer norm', /^MedtuneLayerNorm/],
   ['layout', /^(Transpose|Reshape|Concat|Slice|StridedSlice|Pad|PadV2|Tile|Pack|Unpack|SplitV|GatherV2|GatherNd|ScatterNd|MirrorPad|Reverse|Identity|Cast|ResizeBilinear|ResizeNearestNeighbor|.*Grad)$/],
   ['elementwise', /.*/],
 ];

@@ -3,13 +3,14 @@
  * `maxStorageBuffersPerShaderStage` storage buffers (8 by default, 16 on lavapipe): tfjs's AddN binds
  * one per input, so an addN over more tensors (the ~281 gradient norms of clipGradNorm) is summed
  * here in chunks. (Concat, and Pack through it, chunk already in tfjs.) Also the fused LayerNorm
- * (webgpu-layer-norm.ts), and for software adapters (lavapipe) matrix products, convolutions,
+ * (webgpu-layer-norm.ts) and attention (webgpu-attention.ts), and for software adapters (lavapipe) matrix products, convolutions,
  * softmax, sums and matrix transposes (webgpu-matmul.ts, webgpu-conv.ts, webgpu-rows.ts,
  * webgpu-transpose.ts), and the optimizer's fused AdamW and sum of squares (webgpu-adamw.ts).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { optimizerKernels } from './webgpu-adamw.js';
+import { attentionKernels } from './webgpu-attention.js';
 import { layerNormKernels } from './webgpu-layer-norm.js';
 import { matMulKernels, type SoftwareKernel } from './webgpu-matmul.js';
 import { convKernels } from './webgpu-conv.js';
@@ -71,5 +72,5 @@ function onSoftwareAdapter(name: string, ours: SoftwareKernel): tf.KernelFunc {
 export function registerWebgpuKernels(): void {
   replaceKernel(tf.AddN, chunkedAddN);
   for (const [name, ours] of [...matMulKernels, ...convKernels, ...rowKernels, ...transposeKernels]) replaceKernel(name, onSoftwareAdapter(name, ours));
-  for (const [name, ours] of [...layerNormKernels, ...optimizerKernels]) registerOwnKernel(name, ours);
+  for (const [name, ours] of [...layerNormKernels, ...attentionKernels, ...optimizerKernels]) registerOwnKernel(name, ours);
 }

@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 // tfjs-core's CommonJS build registers no gradients; the union package registers them all.
 import '@tensorflow/tfjs';
 import type { Conv2dOptions, LinearAdapters, Ops } from './ops.js';
+import { fusedAttention, hasFusedAttention } from './fused-attention.js';
 import { fusedLayerNorm, hasFusedLayerNorm } from './fused-layer-norm.js';
 import { gradients } from './gradients.js';
 import { ATTENTION_BUDGET_FLAG } from '../backends/common.js';
@@ -56,11 +57,11 @@ function batchMatMul(a: tf.Tensor, b: tf.Tensor, transposeA: boolean, transposeB
   return tf.tidy(() => tf.matMul(broadcast(a), broadcast(b), transposeA, transposeB));
 }
 
-/** Attention score tensors above this many bytes are computed in query chunks. */
+/** Attention score tensors above this many bytes are computed fused or in query chunks. */
 const ATTENTION_CHUNK_BYTES = 256 * 1024 * 1024;
 
 export interface TfOpsOptions {
-  /** attention score tensors above this many bytes are computed in query chunks */
+  /** attention score tensors above this many bytes are computed fused (where the backend can) or in query chunks */
   attentionChunkBytes?: number;
   /** LoRA / bottleneck adapters the `linear` helpers apply */
   adapters?: LinearAdapters<tf.Tensor>;
@@ -189,13 +190,15 @@ export class TfOps implements Ops<tf.Tensor> {
   softmax(x: tf.Tensor) {
     return tf.softmax(x);
   }
+  /** Products and a softmax; above the score budget, fused where the backend can (no score matrix kept), else in query chunks. */
   attention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) {
+    const [b, h, nq, d] = q.shape as number[];
+    const nk = (k.shape as number[])[2];
+    const scoreBytes = b * h * nq * nk * 4;
+    if (scoreBytes > this.attentionChunkBytes && v.shape[3] === d && hasFusedAttention(d)) return fusedAttention(q, k, v);
     return tf.tidy(() => {
-      const [b, h, nq, d] = q.shape as number[];
-      const nk = (k.shape as number[])[2];
       const scale = 1 / Math.sqrt(d);
       const attend = (qc: tf.Tensor) => batchMatMul(tf.softmax(tf.mul(batchMatMul(qc, k, false, true), scale)), v, false, false);
-      const scoreBytes = b * h * nq * nk * 4;
       if (scoreBytes <= this.attentionChunkBytes) return attend(q);
       const rows = Math.max(1, Math.floor((this.attentionChunkBytes / (b * h * nk * 4))));
       const chunks: tf.Tensor[] = [];
