@@ -1,5 +1,5 @@
 /**
- * The fused AdamW kernel (FUSED_ADAMW: src/backends/adamw-kernels.ts on cpu,
+ * The fused AdamW kernel (FUSED_ADAMW: src/backends/adamw-kernels.ts on cpu, wasm-adamw.ts,
  * webgpu-adamw.ts) against the composite tfjs-op path of the same AdamW class (the kernel
  * unregistered), over three steps with and without weight decay, on each backend; and against
  * PyTorch's golden AdamW step. Without a WebGPU adapter the webgpu cases skip, and fail when CI is set.
@@ -132,7 +132,7 @@ describe.runIf(!gpu.run && process.env.CI)('fused AdamW on webgpu (CI)', () => {
   });
 });
 
-const backends = ['cpu', ...(gpu.run ? ['webgpu' as const] : [])] as const;
+const backends = ['cpu', 'wasm', ...(gpu.run ? ['webgpu' as const] : [])] as const;
 
 describe.each(backends)('fused AdamW on %s', (backend) => {
   afterAll(async () => {
@@ -211,15 +211,23 @@ describe('AdamW without the fused kernel', () => {
     expect(composite.created - composite.kernels.length).toBeLessThanOrEqual(SCALARS_PER_STEP);
   });
 
-  it('equals the fused cpu kernel on wasm, which runs its own ops (no copy of the cpu kernel either)', async () => {
+  it("equals the fused cpu kernel bit for bit on wasm's own loop, on its single-threaded and threaded builds", async () => {
     await selectBackend('cpu', { quiet: true });
-    const fused = await run(0.05);
-    await selectBackend('wasm', { quiet: true });
-    expect(tf.getKernel(FUSED_ADAMW, 'wasm')).toBeUndefined();
-    const composite = await run(0.05);
-    expect(composite.kernels).toContain('Multiply');
-    expectSameRuns(fused, composite);
-    expectFlatTensorCount(composite);
+    const cpu = await run(0.05);
+    for (const threads of [1, 2]) {
+      // 1: an unshared memory, 2: the threaded build's shared one (a binary for each)
+      await selectBackend('wasm', { quiet: true, threads });
+      const wasm = await run(0.05);
+      expect(wasm.kernels).toEqual(Object.keys(SHAPES).map(() => FUSED_ADAMW));
+      for (let step = 0; step < STEPS; step++) {
+        for (const [key, ref] of cpu.snapshots[step]) {
+          for (const what of ['param', 'expAvg', 'expAvgSq'] as const) {
+            expect(Array.from(wasm.snapshots[step].get(key)![what]), `${threads} threads, step ${step + 1} ${key} ${what}`).toEqual(Array.from(ref[what]));
+          }
+        }
+      }
+      expectFlatTensorCount(wasm);
+    }
   });
 
   it.skipIf(!runTensorflow)(
