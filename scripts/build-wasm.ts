@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { assembleKernel, binaryModule } from './wat.js';
 
-const WASM_KERNELS = ['wasm-adamw'];
+const WASM_KERNELS = ['wasm-simd'];
 
 for (const name of WASM_KERNELS) {
   const out = join(import.meta.dirname, '..', 'src', 'backends', `${name}-binary.ts`);

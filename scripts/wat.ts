@@ -17,7 +17,7 @@ export async function assembleKernel(name: string): Promise<{ shared: Uint8Array
   if (!text.includes(SHARED_MEMORY)) throw new Error(`${path}: imports no ${SHARED_MEMORY}`);
   const wabt = await (await import('wabt')).default();
   const assemble = (source: string) => {
-    const module = wabt.parseWat(path, source, { simd: true, threads: true });
+    const module = wabt.parseWat(path, source, { simd: true, threads: true, bulk_memory: true });
     try {
       return module.toBinary({}).buffer;
     } finally {

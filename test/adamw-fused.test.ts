@@ -1,5 +1,5 @@
 /**
- * The fused AdamW kernel (FUSED_ADAMW: src/backends/adamw-kernels.ts on cpu, wasm-adamw.ts,
+ * The fused AdamW kernel (FUSED_ADAMW: src/backends/adamw-kernels.ts on cpu, wasm-simd.ts,
  * webgpu-adamw.ts) against the composite tfjs-op path of the same AdamW class (the kernel
  * unregistered), over three steps with and without weight decay, on each backend; and against
  * PyTorch's golden AdamW step. Without a WebGPU adapter the webgpu cases skip, and fail when CI is set.

@@ -8,10 +8,10 @@ import { describe, expect, it } from 'vitest';
 import { assembleKernel, binaryModule } from '../scripts/wat.js';
 
 describe('committed WebAssembly binaries', () => {
-  it('src/backends/wasm-adamw-binary.ts is wasm-adamw.wat assembled, for a shared and an unshared memory', async () => {
-    const binaries = await assembleKernel('wasm-adamw');
+  it('src/backends/wasm-simd-binary.ts is wasm-simd.wat assembled, for a shared and an unshared memory', async () => {
+    const binaries = await assembleKernel('wasm-simd');
     expect(binaries.shared).not.toEqual(binaries.unshared);
-    const committed = readFileSync(join(import.meta.dirname, '..', 'src', 'backends', 'wasm-adamw-binary.ts'), 'utf8');
-    expect(committed).toBe(binaryModule('wasm-adamw', binaries));
+    const committed = readFileSync(join(import.meta.dirname, '..', 'src', 'backends', 'wasm-simd-binary.ts'), 'utf8');
+    expect(committed).toBe(binaryModule('wasm-simd', binaries));
   });
 });

@@ -2,7 +2,7 @@
  * The fused AdamW update (FUSED_ADAMW, src/train/optimizer.ts) for the `cpu` backend: one loop
  * over the parameter's typed arrays instead of ~14 tfjs ops, each a pass over the parameter. (On
  * wasm this JS loop measured slower than wasm's own SIMD ops, so wasm runs the same arithmetic as
- * a SIMD loop of its own, wasm-adamw.ts, and its CPU fallbacks do not copy this one.) Every
+ * a SIMD loop of its own, wasm-simd.ts, and its CPU fallbacks do not copy this one.) Every
  * operation is rounded to float32 as the op it replaces rounds its output, so the result equals
  * the composite path's bit for bit.
  */
@@ -10,7 +10,7 @@ import * as tf from '@tensorflow/tfjs-core';
 
 /**
  * The fused AdamW kernel: one parameter's whole update in one op, for backends that register it
- * (here: cpu; wasm-adamw.ts, webgpu-adamw.ts). Inputs `param`, `grad`, and
+ * (here: cpu; wasm-simd.ts, webgpu-adamw.ts). Inputs `param`, `grad`, and
  * `expAvg`, `expAvgSq` after the first step (absent: zero moments); attrs AdamWAttrs. Outputs the new
  * param, expAvg and expAvgSq with the arithmetic of the optimizer's composite path (src/train/optimizer.ts).
  */

@@ -333,7 +333,8 @@ function fusedMatMulKernel(replaced: tf.KernelConfig): tf.KernelFunc {
 
 const ours = new Set<tf.KernelFunc>();
 
-function replace(kernelName: string, make: (replaced: tf.KernelConfig) => tf.KernelFunc): void {
+/** Replaces wasm's kernel `kernelName` by `make(it)` (idempotent; once the wasm package has registered its own). */
+export function replaceWasmKernel(kernelName: string, make: (replaced: tf.KernelConfig) => tf.KernelFunc): void {
   const existing = tf.getKernel(kernelName, 'wasm');
   if (!existing || ours.has(existing.kernelFunc)) return;
   tf.unregisterKernel(kernelName, 'wasm');
@@ -343,16 +344,19 @@ function replace(kernelName: string, make: (replaced: tf.KernelConfig) => tf.Ker
   tf.registerKernel({ kernelName, backendName: 'wasm', setupFunc: existing.setupFunc, kernelFunc });
 }
 
-/** Replaces wasm's BatchMatMul and _FusedMatMul (idempotent; once the wasm package has registered its own). */
+/** Replaces wasm's BatchMatMul and _FusedMatMul. */
 export function registerXnnBatchMatMul(): void {
-  replace(tf.BatchMatMul, batchMatMulKernel);
-  replace(tf._FusedMatMul, fusedMatMulKernel);
+  replaceWasmKernel(tf.BatchMatMul, batchMatMulKernel);
+  replaceWasmKernel(tf._FusedMatMul, fusedMatMulKernel);
+}
+
+/** True when wasm's kernel `name` is one replaceWasmKernel put there. */
+export function isReplacedWasmKernel(name: string): boolean {
+  const k = tf.getKernel(name, 'wasm');
+  return k !== undefined && ours.has(k.kernelFunc);
 }
 
 /** True when wasm's BatchMatMul and _FusedMatMul are this file's kernels. */
 export function xnnBatchMatMulRegistered(): boolean {
-  return [tf.BatchMatMul, tf._FusedMatMul].every((name) => {
-    const k = tf.getKernel(name, 'wasm');
-    return k !== undefined && ours.has(k.kernelFunc);
-  });
+  return [tf.BatchMatMul, tf._FusedMatMul].every(isReplacedWasmKernel);
 }

@@ -34,7 +34,7 @@ export async function useWasm(threads = availableParallelism()): Promise<Backend
   await import('@tensorflow/tfjs-backend-cpu');
   const { registerWasmFallbackKernels } = await import('./wasm-fallback-kernels.js');
   registerWasmFallbackKernels();
-  (await import('./wasm-adamw.js')).registerWasmAdamWKernel();
+  (await import('./wasm-simd.js')).registerWasmSimdKernels();
   await activate('wasm');
   guardHeap(tf.backend() as unknown as WasmModuleHolder);
   // a softmax gradient holds several score-sized tensors at once: keep each well inside the heap

@@ -1,9 +1,40 @@
-;; The fused AdamW update on the wasm backend's own memory (src/backends/wasm-adamw.ts), four
-;; parameters at a time in SIMD. Each operation rounds to float32 in the order of adamWUpdate
-;; (adamw-kernels.ts), which is the order of the composite ops it replaces, so the bits agree.
-;; src/backends/wasm-adamw.wasm is this file assembled (scripts/build-wasm.ts).
+;; medtune's own SIMD loops on the wasm backend's memory (src/backends/wasm-simd.ts), where
+;; tfjs-backend-wasm's ops take many passes or a transpose. Each rounds to float32 in the order of
+;; the ops it replaces, so the bits agree. src/backends/wasm-simd-binary.ts is this file assembled
+;; (scripts/build-wasm.ts).
 (module
   (import "env" "memory" (memory 1 65536 shared))
+  ;; sumRows(x, out: byte offsets, rows, cols): out[c] = x[0][c] + x[1][c] + ... in row order,
+  ;; reading x once front to back (wasm's Sum transposes a leading-axes reduction first)
+  (func (export "sumRows") (param $x i32) (param $out i32) (param $rows i32) (param $cols i32)
+    (local $r i32) (local $c i32) (local $row i32) (local $vecEnd i32) (local $at i32)
+    (local.set $vecEnd (i32.and (local.get $cols) (i32.const -4)))
+    (memory.fill (local.get $out) (i32.const 0) (i32.shl (local.get $cols) (i32.const 2)))
+    (local.set $row (local.get $x))
+    (block $rowsDone
+      (loop $nextRow
+        (br_if $rowsDone (i32.ge_u (local.get $r) (local.get $rows)))
+        (local.set $c (i32.const 0))
+        (block $done4
+          (loop $next4
+            (br_if $done4 (i32.ge_u (local.get $c) (local.get $vecEnd)))
+            (local.set $at (i32.shl (local.get $c) (i32.const 2)))
+            (v128.store (i32.add (local.get $out) (local.get $at))
+              (f32x4.add (v128.load (i32.add (local.get $out) (local.get $at))) (v128.load (i32.add (local.get $row) (local.get $at)))))
+            (local.set $c (i32.add (local.get $c) (i32.const 4)))
+            (br $next4)))
+        (block $done
+          (loop $next
+            (br_if $done (i32.ge_u (local.get $c) (local.get $cols)))
+            (local.set $at (i32.shl (local.get $c) (i32.const 2)))
+            (f32.store (i32.add (local.get $out) (local.get $at))
+              (f32.add (f32.load (i32.add (local.get $out) (local.get $at))) (f32.load (i32.add (local.get $row) (local.get $at)))))
+            (local.set $c (i32.add (local.get $c) (i32.const 1)))
+            (br $next)))
+        (local.set $row (i32.add (local.get $row) (i32.shl (local.get $cols) (i32.const 2))))
+        (local.set $r (i32.add (local.get $r) (i32.const 1)))
+        (br $nextRow))))
+  ;; The fused AdamW update, four parameters at a time, in the order of adamWUpdate (adamw-kernels.ts).
   ;; adamw(param, grad, expAvg, expAvgSq, outParam, outExpAvg, outExpAvgSq: byte offsets;
   ;;       n: values; moments: 0 on the first step (expAvg, expAvgSq read as zeros);
   ;;       the factors of adamWFactors)

@@ -1,0 +1,84 @@
+/**
+ * medtune's own SIMD loops (wasm-simd.wat) as 'wasm' kernels, run as a module of ours on the
+ * backend's memory (tfjs exports no way to add a kernel to its binary), each equal bit for bit
+ * to the ops it replaces:
+ * - the fused AdamW update (FUSED_ADAMW, src/train/optimizer.ts): one loop over the parameter,
+ *   its gradient and moments instead of ~14 wasm ops each a pass over the parameter, with
+ *   adamWUpdate's arithmetic operation by operation;
+ * - Sum over leading axes (bias and LayerNorm weight gradients): rows added in order, reading the
+ *   input once, where wasm's Sum transposes it first (a step @256 spent ~220 ms there).
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { adamWFactors, checkAdamWInputs, FUSED_ADAMW, type AdamWAttrs, type AdamWInputs } from './adamw-kernels.js';
+import { replaceWasmKernel } from './wasm-batch-matmul.js';
+import { SHARED_MEMORY_BINARY, UNSHARED_MEMORY_BINARY } from './wasm-simd-binary.js';
+
+interface WasmBackendInternals {
+  wasm: { wasmMemory?: WebAssembly.Memory; asm: { memory?: WebAssembly.Memory } };
+  dataIdMap: { get(dataId: tf.DataId): { memoryOffset: number } };
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+}
+
+interface SimdExports {
+  adamw(...args: number[]): void;
+  sumRows(x: number, out: number, rows: number, cols: number): void;
+}
+
+const instances = new WeakMap<WebAssembly.Memory, SimdExports>();
+
+/** The module instantiated on the backend's memory (the threaded build's is shared, the other's not). */
+function simd(backend: WasmBackendInternals): SimdExports {
+  const memory = backend.wasm.wasmMemory ?? backend.wasm.asm.memory;
+  if (!memory) throw new Error("medtune's wasm kernels: the wasm backend's memory is not reachable");
+  let exports = instances.get(memory);
+  if (!exports) {
+    const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
+    const binary = Buffer.from(shared ? SHARED_MEMORY_BINARY : UNSHARED_MEMORY_BINARY, 'base64');
+    exports = new WebAssembly.Instance(new WebAssembly.Module(binary), { env: { memory } }).exports as unknown as SimdExports;
+    instances.set(memory, exports);
+  }
+  return exports;
+}
+
+const offsetOf = (backend: WasmBackendInternals, t: tf.TensorInfo | undefined) => (t ? backend.dataIdMap.get(t.dataId).memoryOffset : 0);
+
+const adamWKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
+  const wasm = backend as unknown as WasmBackendInternals;
+  const ins = inputs as unknown as AdamWInputs;
+  checkAdamWInputs(ins);
+  const at = (t: tf.TensorInfo | undefined) => offsetOf(wasm, t);
+  const outs = [0, 1, 2].map(() => wasm.makeOutput(ins.param.shape, 'float32'));
+  const k = adamWFactors(attrs as unknown as AdamWAttrs);
+  simd(wasm).adamw(
+    ...[ins.param, ins.grad, ins.expAvg, ins.expAvgSq, ...outs].map(at),
+    tf.util.sizeFromShape(ins.param.shape),
+    ins.expAvg ? 1 : 0,
+    ...[k.gradScale, k.decay, k.oneMinusBeta1, k.beta2, k.oneMinusBeta2, k.biasCorrection2Sqrt, k.eps, k.negStepSize],
+  );
+  return outs;
+};
+
+/** Sum over a leading run of axes (0..k-1) of float32 x through sumRows; others to wasm's own. */
+function sumKernel(replaced: tf.KernelConfig): tf.KernelFunc {
+  return (args) => {
+    const { x } = args.inputs as { x: tf.TensorInfo };
+    const { axis, keepDims } = args.attrs as unknown as tf.SumAttrs;
+    const axes = tf.util.parseAxisParam(axis, x.shape).sort((a, b) => a - b);
+    if (x.dtype !== 'float32' || axes.length === 0 || axes.some((a, i) => a !== i)) return replaced.kernelFunc(args);
+    const rows = tf.util.sizeFromShape(x.shape.slice(0, axes.length));
+    const kept = x.shape.slice(axes.length);
+    const wasm = args.backend as unknown as WasmBackendInternals;
+    const out = wasm.makeOutput(keepDims ? [...axes.map(() => 1), ...kept] : kept, 'float32');
+    simd(wasm).sumRows(offsetOf(wasm, x), offsetOf(wasm, out), rows, tf.util.sizeFromShape(kept));
+    return out;
+  };
+}
+
+/** Registers FUSED_ADAMW and replaces Sum on wasm (idempotent). */
+export function registerWasmSimdKernels(): void {
+  if (tf.getKernel(FUSED_ADAMW, 'wasm')?.kernelFunc !== adamWKernel) {
+    if (tf.getKernel(FUSED_ADAMW, 'wasm')) tf.unregisterKernel(FUSED_ADAMW, 'wasm');
+    tf.registerKernel({ kernelName: FUSED_ADAMW, backendName: 'wasm', kernelFunc: adamWKernel });
+  }
+  replaceWasmKernel(tf.Sum, sumKernel);
+}
