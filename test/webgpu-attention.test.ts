@@ -17,15 +17,19 @@ import { webgpuAvailability } from './helpers/webgpu.js';
 
 const gpu = await webgpuAvailability();
 
-/** out, dq, dk, dv of TfOps.attention with an upstream gradient r, on the active backend, scores above `budget` bytes fused. */
-async function attentionAndGrads(b: number, h: number, nq: number, nk: number, d: number, seed: number, budget?: number): Promise<Float32Array[]> {
+/**
+ * out, dq, dk, dv of TfOps.attention with an upstream gradient r, on the active backend, scores
+ * above `budget` bytes fused; `checkpointed`: inside a block recomputed in the backward pass.
+ */
+async function attentionAndGrads(b: number, h: number, nq: number, nk: number, d: number, seed: number, budget?: number, checkpointed = false): Promise<Float32Array[]> {
   const q = tf.randomNormal([b, h, nq, d], 0, 1, 'float32', seed);
   const k = tf.randomNormal([b, h, nk, d], 0, 1, 'float32', seed + 1);
   const v = tf.randomNormal([b, h, nk, d], 0, 1, 'float32', seed + 2);
   const r = tf.randomNormal([b, h, nq, d], 0, 1, 'float32', seed + 3);
-  const ops = new TfOps(new Map(), { attentionChunkBytes: budget });
+  const ops = new TfOps(new Map(), { attentionChunkBytes: budget, checkpointActivations: checkpointed });
   const out = ops.attention(q, k, v);
-  const { value, grads } = gradients(() => tf.sum(tf.mul(ops.attention(q, k, v), r)), [q, k, v]);
+  const attend = () => ops.checkpoint('block', (o, [qi, ki, vi]) => [o.attention(qi, ki, vi)], [q, k, v])[0];
+  const { value, grads } = gradients(() => tf.sum(tf.mul(attend(), r)), [q, k, v]);
   const all = [out, ...(grads as tf.Tensor[])];
   const values = await Promise.all(all.map(async (t) => Float32Array.from(await t.data())));
   tf.dispose([q, k, v, r, value, ...all]);
@@ -67,6 +71,17 @@ describe.runIf(gpu.run)('webgpu fused attention', () => {
       await selectBackend('cpu', { quiet: true });
     });
   }
+
+  it('gives the same gradients inside a checkpointed block (recomputed in the backward pass)', async () => {
+    await selectBackend('cpu', { quiet: true });
+    const ref = await attentionAndGrads(2, 2, 33, 21, 16, 9);
+    await selectBackend('webgpu', { quiet: true });
+    const before = tf.memory().numTensors;
+    const ours = await attentionAndGrads(2, 2, 33, 21, 16, 9, 0, true);
+    expect(tf.memory().numTensors).toBe(before);
+    ['out', 'dq', 'dk', 'dv'].forEach((name, i) => expect(relativeError(ours[i], ref[i]), name).toBeLessThan(2e-5));
+    await selectBackend('cpu', { quiet: true });
+  });
 
   it('runs TfOps.attention fused only for scores over its budget', async () => {
     await selectBackend('webgpu', { quiet: true });
