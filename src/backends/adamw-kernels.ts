@@ -7,6 +7,7 @@
  * the composite path's bit for bit.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { registerOwnKernel } from './common.js';
 
 /**
  * The fused AdamW kernel: one parameter's whole update in one op, for backends that register it
@@ -135,8 +136,5 @@ const cpuKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
 
 /** Registers the kernel for the cpu backend (idempotent). */
 export function registerAdamWKernel(): void {
-  const existing = tf.getKernel(FUSED_ADAMW, 'cpu');
-  if (existing?.kernelFunc === cpuKernel) return;
-  if (existing) tf.unregisterKernel(FUSED_ADAMW, 'cpu');
-  tf.registerKernel({ kernelName: FUSED_ADAMW, backendName: 'cpu', kernelFunc: cpuKernel });
+  registerOwnKernel(FUSED_ADAMW, 'cpu', cpuKernel);
 }

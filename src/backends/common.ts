@@ -60,6 +60,12 @@ function throwKernelErrorsWhenTimed(backend: tf.KernelBackend): void {
   };
 }
 
+/** Registers `kernelFunc` as `backendName`'s kernel under a name of medtune's own (no tfjs kernel to keep); a second call replaces the first. */
+export function registerOwnKernel(kernelName: string, backendName: string, kernelFunc: tf.KernelFunc): void {
+  if (tf.getKernel(kernelName, backendName)) tf.unregisterKernel(kernelName, backendName);
+  tf.registerKernel({ kernelName, backendName, kernelFunc });
+}
+
 export function cpuDevice(): string {
   return `CPU (${process.arch})`;
 }

@@ -10,6 +10,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { adamWFactors, checkAdamWInputs, FUSED_ADAMW, type AdamWAttrs, type AdamWInputs } from './adamw-kernels.js';
+import { registerOwnKernel } from './common.js';
 import { replaceWasmKernel } from './wasm-batch-matmul.js';
 import { SHARED_MEMORY_BINARY, UNSHARED_MEMORY_BINARY } from './wasm-simd-binary.js';
 
@@ -76,9 +77,6 @@ function sumKernel(replaced: tf.KernelConfig): tf.KernelFunc {
 
 /** Registers FUSED_ADAMW and replaces Sum on wasm (idempotent). */
 export function registerWasmSimdKernels(): void {
-  if (tf.getKernel(FUSED_ADAMW, 'wasm')?.kernelFunc !== adamWKernel) {
-    if (tf.getKernel(FUSED_ADAMW, 'wasm')) tf.unregisterKernel(FUSED_ADAMW, 'wasm');
-    tf.registerKernel({ kernelName: FUSED_ADAMW, backendName: 'wasm', kernelFunc: adamWKernel });
-  }
+  registerOwnKernel(FUSED_ADAMW, 'wasm', adamWKernel);
   replaceWasmKernel(tf.Sum, sumKernel);
 }

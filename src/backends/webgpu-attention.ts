@@ -94,7 +94,7 @@ class AttentionProgram {
   constructor(
     name: string,
     private code: RowCode,
-    rows: number,
+    readonly rows: number,
     private inputs: Array<[string, 1 | 4]>,
     private own: Array<[string, string]>,
     private dots: Array<[string, string]>,
@@ -195,7 +195,7 @@ function runner(backend: WebGPUBackend, q: tf.TensorInfo, k: tf.TensorInfo, scal
     p,
     run(program: Programs[keyof Programs], inputs: tf.TensorInfo[], shape: number[]): tf.TensorInfo {
       const out = backend.runWebGPUProgram(program as never, inputs.map(flat), 'float32', [
-        { type: 'int32', data: [program.outputShape[0] / (program.outputComponent === 4 ? d : 1)] },
+        { type: 'int32', data: [program.rows] },
         { type: 'int32', data: [nq] },
         { type: 'int32', data: [nk] },
         { type: 'float32', data: [scale] },

@@ -9,6 +9,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import { registerOwnKernel } from './common.js';
 import { optimizerKernels } from './webgpu-adamw.js';
 import { attentionKernels } from './webgpu-attention.js';
 import { layerNormKernels } from './webgpu-layer-norm.js';
@@ -30,12 +31,6 @@ export function tfjsWebgpuKernel(name: string): tf.KernelConfig {
 function replaceKernel(name: string, kernelFunc: tf.KernelFunc): void {
   if (!tfjsKernels.has(name)) tfjsKernels.set(name, tfjsWebgpuKernel(name));
   tf.unregisterKernel(name, 'webgpu');
-  tf.registerKernel({ kernelName: name, backendName: 'webgpu', kernelFunc });
-}
-
-/** A kernel under a name of medtune's own (no tfjs kernel to keep); a second call replaces the first. */
-function registerOwnKernel(name: string, kernelFunc: tf.KernelFunc): void {
-  if (tf.getKernel(name, 'webgpu')) tf.unregisterKernel(name, 'webgpu');
   tf.registerKernel({ kernelName: name, backendName: 'webgpu', kernelFunc });
 }
 
@@ -72,5 +67,5 @@ function onSoftwareAdapter(name: string, ours: SoftwareKernel): tf.KernelFunc {
 export function registerWebgpuKernels(): void {
   replaceKernel(tf.AddN, chunkedAddN);
   for (const [name, ours] of [...matMulKernels, ...convKernels, ...rowKernels, ...transposeKernels]) replaceKernel(name, onSoftwareAdapter(name, ours));
-  for (const [name, ours] of [...layerNormKernels, ...attentionKernels, ...optimizerKernels]) registerOwnKernel(name, ours);
+  for (const [name, ours] of [...layerNormKernels, ...attentionKernels, ...optimizerKernels]) registerOwnKernel(name, 'webgpu', ours);
 }
