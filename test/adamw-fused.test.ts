@@ -4,7 +4,7 @@
  * unregistered), over three steps with and without weight decay, on each backend; and against
  * PyTorch's golden AdamW step. Without a WebGPU adapter the webgpu cases skip, and fail when CI is set.
  * On tensorflow (no custom kernels there) the composite path makes its scalar tensors once per step.
- * On webgpu clipGradNorm's fused sum of squares (SUM_OF_SQUARES) against Square + Sum.
+ * On wasm and webgpu clipGradNorm's fused sum of squares (SUM_OF_SQUARES) against Square + Sum and float64.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { createRequire } from 'node:module';
@@ -245,47 +245,53 @@ describe('AdamW without the fused kernel', () => {
   );
 });
 
-describe.runIf(gpu.run)('clipGradNorm on webgpu', () => {
-  afterAll(async () => {
-    await selectBackend('cpu', { quiet: true });
-  });
-
-  /** Sizes around the workgroup (256), one value, and more than a workgroup's stride many times over. */
-  const GRAD_SIZES = [1, 255, 257, 70_001];
-
-  async function clip(): Promise<{ norm: number; scale: number; kernels: string[]; tensors: number }> {
-    const grads = new Map(GRAD_SIZES.map((n, i) => [`g${i}`, tf.tensor(values(n, 31 + i, 0.5))]));
-    let result: Awaited<ReturnType<typeof clipGradNorm>> | undefined;
-    const profile = await tf.profile(async () => {
-      result = await clipGradNorm(grads, 1);
+for (const backend of ['wasm', ...(gpu.run ? ['webgpu' as const] : [])] as const) {
+  describe(`clipGradNorm on ${backend}`, () => {
+    afterAll(async () => {
+      await selectBackend('cpu', { quiet: true });
     });
-    tf.dispose([...grads.values()]);
-    return { ...result!, kernels: profile.kernels.map((k) => k.name), tensors: tf.memory().numTensors };
-  }
 
-  it('sums the squares of each gradient in one kernel; norm and clipping coefficient as in double precision (1e-6 relative)', async () => {
-    await selectBackend('webgpu', { quiet: true });
-    const fused = await clip();
-    const again = await clip();
-    const kernel = tf.getKernel(SUM_OF_SQUARES, 'webgpu')!;
-    tf.unregisterKernel(SUM_OF_SQUARES, 'webgpu');
-    let composite: Awaited<ReturnType<typeof clip>>;
-    try {
-      composite = await clip();
-    } finally {
-      tf.registerKernel(kernel);
+    /**
+     * Sizes around the GPU workgroup (256) and off wasm's SIMD width, one value, more than a
+     * workgroup's stride many times over, and a Hiera MLP weight's (768 x 3072, + 1), where float32
+     * accumulation would lose digits.
+     */
+    const GRAD_SIZES = [1, 255, 257, 70_001, 2_359_297];
+
+    async function clip(): Promise<{ norm: number; scale: number; kernels: string[]; tensors: number }> {
+      const grads = new Map(GRAD_SIZES.map((n, i) => [`g${i}`, tf.tensor(values(n, 31 + i, 0.5))]));
+      let result: Awaited<ReturnType<typeof clipGradNorm>> | undefined;
+      const profile = await tf.profile(async () => {
+        result = await clipGradNorm(grads, 1);
+      });
+      tf.dispose([...grads.values()]);
+      return { ...result!, kernels: profile.kernels.map((k) => k.name), tensors: tf.memory().numTensors };
     }
-    expect(fused.kernels.filter((k) => k === SUM_OF_SQUARES)).toHaveLength(GRAD_SIZES.length);
-    expect(fused.kernels).not.toContain('Square');
-    expect(composite.kernels).toContain('Square');
-    // the reference in double precision: torch's clip_grad_norm_ coefficient max_norm / (norm + 1e-6)
-    const host = GRAD_SIZES.map((n, i) => values(n, 31 + i, 0.5));
-    const norm = Math.sqrt(host.reduce((s, g) => s + g.reduce((t, v) => t + v * v, 0), 0));
-    expect(norm).toBeGreaterThan(10); // every gradient is clipped
-    const rel = (x: number) => Math.abs(x - norm) / norm;
-    console.log(`gradient norm error: fused ${rel(fused.norm).toExponential(2)}, Square + Sum ${rel(composite.norm).toExponential(2)}`);
-    expect(rel(fused.norm)).toBeLessThanOrEqual(1e-6);
-    expect(Math.abs(fused.scale * (norm + 1e-6) - 1)).toBeLessThanOrEqual(1e-6);
-    expect(again.tensors).toBe(fused.tensors);
+
+    it('sums the squares of each gradient in one kernel; norm and clipping coefficient as in double precision (1e-6 relative)', async () => {
+      await selectBackend(backend, { quiet: true, threads: 2 });
+      const fused = await clip();
+      const again = await clip();
+      const kernel = tf.getKernel(SUM_OF_SQUARES, backend)!;
+      tf.unregisterKernel(SUM_OF_SQUARES, backend);
+      let composite: Awaited<ReturnType<typeof clip>>;
+      try {
+        composite = await clip();
+      } finally {
+        tf.registerKernel(kernel);
+      }
+      expect(fused.kernels.filter((k) => k === SUM_OF_SQUARES)).toHaveLength(GRAD_SIZES.length);
+      expect(fused.kernels).not.toContain('Square');
+      expect(composite.kernels).toContain('Square');
+      // the reference in double precision: torch's clip_grad_norm_ coefficient max_norm / (norm + 1e-6)
+      const host = GRAD_SIZES.map((n, i) => values(n, 31 + i, 0.5));
+      const norm = Math.sqrt(host.reduce((s, g) => s + g.reduce((t, v) => t + v * v, 0), 0));
+      expect(norm).toBeGreaterThan(10); // every gradient is clipped
+      const rel = (x: number) => Math.abs(x - norm) / norm;
+      console.log(`${backend} gradient norm error: fused ${rel(fused.norm).toExponential(2)}, Square + Sum ${rel(composite.norm).toExponential(2)}`);
+      expect(rel(fused.norm)).toBeLessThanOrEqual(1e-6);
+      expect(Math.abs(fused.scale * (norm + 1e-6) - 1)).toBeLessThanOrEqual(1e-6);
+      expect(again.tensors).toBe(fused.tensors);
+    });
   });
-});
+}

@@ -57,7 +57,7 @@ export function adamWFactors(a: AdamWAttrs): AdamWFactors {
   };
 }
 
-/** The sum of the squares of a tensor's values (a scalar) as one op, for backends that register it (webgpu-adamw.ts); input `x`. */
+/** The sum of the squares of a tensor's values (a scalar) as one op, for backends that register it (webgpu-adamw.ts, wasm-simd.ts); input `x`. */
 export const SUM_OF_SQUARES = 'MedtuneSumOfSquares';
 
 type CpuLike = {

@@ -6,10 +6,13 @@
  *   its gradient and moments instead of ~14 wasm ops each a pass over the parameter, with
  *   adamWUpdate's arithmetic operation by operation;
  * - Sum over leading axes (bias and LayerNorm weight gradients): rows added in order, reading the
- *   input once, where wasm's Sum transposes it first (a step @256 spent ~220 ms there).
+ *   input once, where wasm's Sum transposes it first (a step @256 spent ~220 ms there);
+ * and, not bit for bit but closer to the exact value, the sum of squares of clipGradNorm
+ * (SUM_OF_SQUARES) in one float64 pass, where square then sum took two passes in float32 and a
+ * written copy of every gradient (~150 ms a step @256).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { adamWFactors, checkAdamWInputs, FUSED_ADAMW, type AdamWAttrs, type AdamWInputs } from './adamw-kernels.js';
+import { adamWFactors, checkAdamWInputs, FUSED_ADAMW, SUM_OF_SQUARES, type AdamWAttrs, type AdamWInputs } from './adamw-kernels.js';
 import { registerOwnKernel } from './common.js';
 import { replaceWasmKernel } from './wasm-batch-matmul.js';
 import { SHARED_MEMORY_BINARY, UNSHARED_MEMORY_BINARY } from './wasm-simd-binary.js';
@@ -23,6 +26,7 @@ interface WasmBackendInternals {
 interface SimdExports {
   adamw(...args: number[]): void;
   sumRows(x: number, out: number, rows: number, cols: number): void;
+  sumOfSquares(x: number, n: number, out: number): void;
 }
 
 const instances = new WeakMap<WebAssembly.Memory, SimdExports>();
@@ -59,6 +63,15 @@ const adamWKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   return outs;
 };
 
+const sumOfSquaresKernel: tf.KernelFunc = ({ inputs, backend }) => {
+  const { x } = inputs as { x: tf.TensorInfo };
+  if (x.dtype !== 'float32') throw new Error(`${SUM_OF_SQUARES}: float32 tensors only, got ${x.dtype}`);
+  const wasm = backend as unknown as WasmBackendInternals;
+  const out = wasm.makeOutput([], 'float32');
+  simd(wasm).sumOfSquares(offsetOf(wasm, x), tf.util.sizeFromShape(x.shape), offsetOf(wasm, out));
+  return out;
+};
+
 /** Sum over a leading run of axes (0..k-1) of float32 x through sumRows; others to wasm's own. */
 function sumKernel(replaced: tf.KernelConfig): tf.KernelFunc {
   return (args) => {
@@ -75,8 +88,9 @@ function sumKernel(replaced: tf.KernelConfig): tf.KernelFunc {
   };
 }
 
-/** Registers FUSED_ADAMW and replaces Sum on wasm (idempotent). */
+/** Registers FUSED_ADAMW and SUM_OF_SQUARES and replaces Sum on wasm (idempotent). */
 export function registerWasmSimdKernels(): void {
   registerOwnKernel(FUSED_ADAMW, 'wasm', adamWKernel);
+  registerOwnKernel(SUM_OF_SQUARES, 'wasm', sumOfSquaresKernel);
   replaceWasmKernel(tf.Sum, sumKernel);
 }

@@ -1,7 +1,7 @@
 ;; medtune's own SIMD loops on the wasm backend's memory (src/backends/wasm-simd.ts), where
-;; tfjs-backend-wasm's ops take many passes or a transpose. Each rounds to float32 in the order of
-;; the ops it replaces, so the bits agree. src/backends/wasm-simd-binary.ts is this file assembled
-;; (scripts/build-wasm.ts).
+;; tfjs-backend-wasm's ops take many passes or a transpose. sumRows and adamw round to float32 in
+;; the order of the ops they replace, so the bits agree; sumOfSquares sums in float64.
+;; src/backends/wasm-simd-binary.ts is this file assembled (scripts/build-wasm.ts).
 (module
   (import "env" "memory" (memory 1 65536 shared))
   ;; sumRows(x, out: byte offsets, rows, cols): out[c] = x[0][c] + x[1][c] + ... in row order,
@@ -34,6 +34,35 @@
         (local.set $row (i32.add (local.get $row) (i32.shl (local.get $cols) (i32.const 2))))
         (local.set $r (i32.add (local.get $r) (i32.const 1)))
         (br $nextRow))))
+  ;; sumOfSquares(x, n, out: byte offsets): out[0] = the sum of x[i]^2 over n values, each square
+  ;; and the running sums in float64 (rounded to float32 once, at the end), so a gradient of
+  ;; millions of values loses nothing to float32 accumulation; lanes summed (0+2)+(1+3), then the tail
+  (func (export "sumOfSquares") (param $x i32) (param $n i32) (param $out i32)
+    (local $i i32) (local $vecEnd i32) (local $x4 v128) (local $lo v128) (local $hi v128)
+    (local $accLo v128) (local $accHi v128) (local $total f64) (local $xs f64)
+    (local.set $vecEnd (i32.and (local.get $n) (i32.const -4)))
+    (block $done4
+      (loop $next4
+        (br_if $done4 (i32.ge_u (local.get $i) (local.get $vecEnd)))
+        (local.set $x4 (v128.load (i32.add (local.get $x) (i32.shl (local.get $i) (i32.const 2)))))
+        (local.set $lo (f64x2.promote_low_f32x4 (local.get $x4)))
+        ;; lanes 2 and 3 moved down to be promoted
+        (local.set $hi (f64x2.promote_low_f32x4
+          (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $x4) (local.get $x4))))
+        (local.set $accLo (f64x2.add (local.get $accLo) (f64x2.mul (local.get $lo) (local.get $lo))))
+        (local.set $accHi (f64x2.add (local.get $accHi) (f64x2.mul (local.get $hi) (local.get $hi))))
+        (local.set $i (i32.add (local.get $i) (i32.const 4)))
+        (br $next4)))
+    (local.set $accLo (f64x2.add (local.get $accLo) (local.get $accHi)))
+    (local.set $total (f64.add (f64x2.extract_lane 0 (local.get $accLo)) (f64x2.extract_lane 1 (local.get $accLo))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $xs (f64.promote_f32 (f32.load (i32.add (local.get $x) (i32.shl (local.get $i) (i32.const 2))))))
+        (local.set $total (f64.add (local.get $total) (f64.mul (local.get $xs) (local.get $xs))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next)))
+    (f32.store (local.get $out) (f32.demote_f64 (local.get $total))))
   ;; The fused AdamW update, four parameters at a time, in the order of adamWUpdate (adamw-kernels.ts).
   ;; adamw(param, grad, expAvg, expAvgSq, outParam, outExpAvg, outExpAvgSq: byte offsets;
   ;;       n: values; moments: 0 on the first step (expAvg, expAvgSq read as zeros);
