@@ -4,12 +4,14 @@
  * plain, transposed either side, batched, a right operand shared across the batch, with a bias,
  * and small products (the unbiased ones left to the kernel replaced, whose bias is wrong), each
  * either way round (b packed, or a); the two ways give the same bits; a weight kept packed between
- * products gives the same values, and new data in its place is read anew.
+ * products gives the same values, and new data in its place is read anew. Products with a long K
+ * between two activations (weight gradients) are summed in chunks of K: the chunk rule, and the
+ * values against float64 with either side packed.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { selectBackend } from '../src/backend.js';
-import { forceProductWay, keptFilterBytes, xnnBatchMatMulRegistered } from '../src/backends/wasm-batch-matmul.js';
+import { forceProductWay, keptFilterBytes, splitChunk, xnnBatchMatMulRegistered } from '../src/backends/wasm-batch-matmul.js';
 
 function values(n: number, seed: number): Float32Array {
   let s = seed;
@@ -161,6 +163,29 @@ describe('wasm products through XNNPACK convolutions, against float64', () => {
     expect(keptFilterBytes()).toBe(0);
     expect(tf.memory().numTensors).toBe(before);
     tf.dispose([inputs, b]);
+  });
+
+  describe('a long K summed in chunks', () => {
+    it('chunks of the largest divisor of K from 256 down to 128, from K = 1024 on', () => {
+      expect([1023, 1024, 1176, 4096, 4900, 65536, 1031, 2 * 1031].map(splitChunk)).toEqual([undefined, 256, 196, 256, 245, 256, undefined, undefined]);
+    });
+
+    const LONG: Case[] = [
+      { name: 'a weight gradient X^T dY: a transposed, K 1024 in 4 chunks', a: [1024, 40], b: [1024, 24], tA: true },
+      { name: 'batched, b transposed, K 1176 in chunks of 196', a: [2, 30, 1176], b: [2, 20, 1176], tB: true },
+      { name: 'M < N: a packed, both transposed', a: [1024, 8], b: [40, 1024], tA: true, tB: true },
+      { name: 'K 1031 (prime): one product', a: [12, 1031], b: [1031, 10] },
+    ];
+    for (const c of LONG) {
+      it(c.name, async () => {
+        const { a, b } = operands(c);
+        const before = tf.memory().numTensors;
+        const out = productOf(c, a, b);
+        expectClose((await out.data()) as Float32Array, reference(a, c.a, b, c.b, c.tA ?? false, c.tB ?? false));
+        out.dispose();
+        expect(tf.memory().numTensors).toBe(before);
+      });
+    }
   });
 
   it('gives the same values on 1 and 2 threads', async () => {

@@ -7,7 +7,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { selectBackend } from '../src/backend.js';
-import { isReplacedWasmKernel } from '../src/backends/wasm-batch-matmul.js';
+import { isReplacedWasmKernel } from '../src/backends/wasm-internals.js';
 
 function values(n: number, seed: number): Float32Array {
   let s = seed >>> 0;

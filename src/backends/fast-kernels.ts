@@ -21,7 +21,8 @@
  * (src/backends/cpu.ts, wasm.ts), after its package has registered the kernels it replaces.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { registerXnnBatchMatMul, runWasmKernel } from './wasm-batch-matmul.js';
+import { registerXnnBatchMatMul } from './wasm-batch-matmul.js';
+import { runWasmKernel } from './wasm-internals.js';
 
 type Backendish = {
   readSync(dataId: tf.DataId): tf.backend_util.BackendValues;

@@ -16,21 +16,12 @@
  * either as a @ b (b packed) or as (b^T @ a^T)^T (a packed), whichever its first calls measure
  * faster (64x768 @ 768x3072 with a new b: 52.6 ms, against 2.4 ms through a). Both give the same
  * bits: each output is the same sum over K in the same order, and a bias is added after it.
+ * Products of two activations with K in the thousands (the weight gradients, K the tokens) are
+ * summed over K in chunks of ~256 instead, the way fixed by the shapes (splitProduct).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
-
-interface WasmInternals {
-  wasm: {
-    cwrap(name: string, ret: null, args: string[]): (...a: number[]) => void;
-    tfjs: { registerTensor(id: number, size: number, offset: number): void; disposeData(id: number): void };
-  };
-  dataIdMap: { get(dataId: tf.DataId): { id: number; memoryOffset: number } };
-  dataIdNextNumber: number;
-  disposeData(dataId: tf.DataId, force?: boolean): boolean;
-}
-
-type Wasm = WasmInternals & Pick<BackendWasm, 'makeOutput'>;
+import { isReplacedWasmKernel, offsetOf, replaceWasmKernel, runWasmKernel, type WasmInternals as Wasm } from './wasm-internals.js';
+import { addRows } from './wasm-simd.js';
 
 /** Below this many multiply-adds per entry of a batch the per-entry call (an operator set up and torn down) costs more than it saves. */
 const XNN_MIN_MACS = 32 * 1024;
@@ -47,11 +38,6 @@ function conv2dExport(backend: Wasm): Conv2dExport {
     conv2dOf.set(backend.wasm, conv2d);
   }
   return conv2d;
-}
-
-/** The wasm kernel registered as `name` (ours where we replaced it) on backend data: its single output, a new tensor. */
-export function runWasmKernel(name: string, inputs: tf.NamedTensorInfoMap, attrs: tf.NamedAttrMap, backend: unknown): tf.TensorInfo {
-  return tf.getKernel(name, 'wasm')!.kernelFunc({ inputs, attrs, backend: backend as tf.KernelBackend }) as tf.TensorInfo;
 }
 
 /** x with its last two axes swapped, through wasm's own Transpose kernel (a new tensor). */
@@ -77,9 +63,31 @@ function reshaped(x: tf.TensorInfo, shape: number[], backend: Wasm): tf.TensorIn
 }
 
 /**
+ * One product (rows, K) @ (K, N) as a 1x1 convolution in XNNPACK, on wasm memory at byte offsets:
+ * the image at xAt, the filter at `filter.at` or a view the filter cache keeps (its id), the output at yAt.
+ */
+function product1x1(backend: Wasm, xAt: number, rows: number, k: number, filter: number | { at: number }, n: number, yAt: number): void {
+  const views: number[] = [];
+  const view = (at: number, size: number) => {
+    const id = registerView(backend, at, size);
+    views.push(id);
+    return id;
+  };
+  try {
+    const x = view(xAt, rows * k);
+    const f = typeof filter === 'number' ? filter : view(filter.at, k * n); // (1, 1, K, N): the product's (K, N)
+    const y = view(yAt, rows * n);
+    // the image is 1 x rows pixels of K channels; no padding, unit strides and dilations
+    conv2dExport(backend)(x, 1, 1, rows, f, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1, k, n, y);
+  } finally {
+    // unregistering the views also drops the XNNPACK operator cached on them
+    for (const id of views) backend.wasm.tfjs.disposeData(id);
+  }
+}
+
+/**
  * a (G, M, K) @ b (G, K, N), any leading shape G; b with leading size 1 is shared by every entry
- * (then all of a is one product). Each product is one 1x1 convolution in XNNPACK, b its filter.
- * `kept`: the shared filter already registered by the filter cache, for b.
+ * (then all of a is one product). `kept`: the shared filter already registered by the filter cache, for b.
  */
 function xnnProducts(a: tf.TensorInfo, b: tf.TensorInfo, backend: Wasm, kept?: KeptFilter): tf.TensorInfo {
   const r = a.shape.length;
@@ -88,30 +96,67 @@ function xnnProducts(a: tf.TensorInfo, b: tf.TensorInfo, backend: Wasm, kept?: K
   const shared = product(b.shape.slice(0, -2)) === 1;
   const entries = shared ? 1 : product(a.shape.slice(0, -2));
   const rows = shared ? product(a.shape.slice(0, -1)) : m;
-  const conv2d = conv2dExport(backend);
   const out = backend.makeOutput([...a.shape.slice(0, r - 2), m, n], 'float32');
-  const offset = (t: tf.TensorInfo) => backend.dataIdMap.get(t.dataId).memoryOffset;
-  const [aOff, bOff, oOff] = [offset(a), offset(b), offset(out)];
-  const views: number[] = [];
-  const view = (at: number, size: number) => {
-    const id = registerView(backend, at, size);
-    views.push(id);
-    return id;
-  };
-  try {
-    for (let i = 0; i < entries; i++) {
-      const x = view(aOff + 4 * i * rows * k, rows * k);
-      const filter = kept?.filter ?? view(bOff + 4 * i * k * n, k * n); // (1, 1, K, N): the product's (K, N)
-      const y = view(oOff + 4 * i * rows * n, rows * n);
-      // the image is 1 x rows pixels of K channels; no padding, unit strides and dilations
-      conv2d(x, 1, 1, rows, filter, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1, k, n, y);
-      // unregistering the views also drops the XNNPACK operator cached on them
-      for (const id of views.splice(0)) backend.wasm.tfjs.disposeData(id);
-    }
-  } finally {
-    for (const id of views) backend.wasm.tfjs.disposeData(id);
+  const [aAt, bAt, outAt] = [a, b, out].map((t) => offsetOf(backend, t));
+  for (let i = 0; i < entries; i++) {
+    product1x1(backend, aAt + 4 * i * rows * k, rows, k, kept?.filter ?? { at: bAt + 4 * i * k * n }, n, outAt + 4 * i * rows * n);
   }
   return out;
+}
+
+/** Products whose K is at least this long sum it in chunks (splitProduct). */
+const SPLIT_MIN_K = 1024;
+
+/**
+ * The chunk of K a long product sums at a time: the largest divisor of K from 256 down to 128, or
+ * undefined (no split). XNNPACK's kernels run over all of K for each block of outputs, so with K
+ * in the thousands (weight gradients, where K is the tokens) a block's operands fall out of the
+ * cache. Chunks of 256 measured fastest of 256, 512 and 1024: K 4096, M 192, N 96 on two threads
+ * took 15.0 ms whole and 8.7 ms in chunks.
+ */
+export function splitChunk(k: number): number | undefined {
+  if (k < SPLIT_MIN_K) return undefined;
+  for (let c = 256; c >= 128; c--) if (k % c === 0) return c;
+  return undefined;
+}
+
+/**
+ * a (G, M, K) @ b (G, K, N) (either transposed) summed over K in chunks: a laid out as
+ * (G, K/chunk, M, chunk) so that each chunk's image is contiguous (one transpose, as a transposed a
+ * needs anyway), one product per chunk into partial sums (G, K/chunk, M, N), which are added in
+ * chunk order. b's chunks are the filters XNNPACK packs.
+ */
+function chunkedProduct(a: tf.TensorInfo, b: tf.TensorInfo, transposeA: boolean, transposeB: boolean, chunk: number, backend: Wasm): tf.TensorInfo {
+  const r = a.shape.length;
+  const batch = a.shape.slice(0, -2);
+  const entries = product(batch);
+  const [m, k] = transposeA ? [a.shape[r - 1], a.shape[r - 2]] : [a.shape[r - 2], a.shape[r - 1]];
+  const n = transposeB ? b.shape[r - 2] : b.shape[r - 1];
+  const parts = k / chunk;
+  const temps: tf.TensorInfo[] = [];
+  const temp = (t: tf.TensorInfo) => (temps.push(t), t);
+  try {
+    const chunks = temp(
+      transposeA
+        ? swapLastAxes(temp(reshaped(a, [entries, parts, chunk, m], backend)), backend)
+        : runWasmKernel(tf.Transpose, { x: temp(reshaped(a, [entries, m, parts, chunk], backend)) }, { perm: [0, 2, 1, 3] }, backend),
+    );
+    const bRows = transposeB ? temp(swapLastAxes(b, backend)) : b; // (G, K, N): a chunk's rows are contiguous
+    const partials = temp(backend.makeOutput([entries, parts, m, n], 'float32'));
+    const [chunksAt, bAt, partialsAt] = [chunks, bRows, partials].map((t) => offsetOf(backend, t));
+    for (let e = 0; e < entries; e++) {
+      for (let j = 0; j < parts; j++) {
+        const part = e * parts + j;
+        product1x1(backend, chunksAt + 4 * part * m * chunk, m, chunk, { at: bAt + 4 * (e * k + j * chunk) * n }, n, partialsAt + 4 * part * m * n);
+      }
+    }
+    const out = backend.makeOutput([...batch, m, n], 'float32');
+    const outAt = offsetOf(backend, out);
+    for (let e = 0; e < entries; e++) addRows(backend, partialsAt + 4 * e * parts * m * n, outAt + 4 * e * m * n, parts, m * n);
+    return out;
+  } finally {
+    for (const t of temps) backend.disposeData(t.dataId);
+  }
 }
 
 /** A shared right operand registered once: XNNPACK keeps the operator it packed for it. */
@@ -238,6 +283,21 @@ function swappedProduct(a: tf.TensorInfo, b: tf.TensorInfo, transposeA: boolean,
   }
 }
 
+/**
+ * a @ b over K in chunks (chunkedProduct), packing the smaller side: b's chunks when M >= N, else
+ * a's, as (b^T @ a^T)^T (with M 96 and N 4096, packing b's chunks took 5.7x as long). The way
+ * depends on the shapes alone, so a run's bits do not depend on timing.
+ */
+function splitProduct(a: tf.TensorInfo, b: tf.TensorInfo, transposeA: boolean, transposeB: boolean, m: number, n: number, chunk: number, backend: Wasm): tf.TensorInfo {
+  if (m >= n) return chunkedProduct(a, b, transposeA, transposeB, chunk, backend);
+  const outT = chunkedProduct(b, a, !transposeB, !transposeA, chunk, backend);
+  try {
+    return swapLastAxes(outT, backend);
+  } finally {
+    backend.disposeData(outT.dataId);
+  }
+}
+
 /** Timings of both ways, per product signature, until they settle which is faster. */
 interface Trial {
   direct: number[];
@@ -294,9 +354,13 @@ function viaXnn(a: tf.TensorInfo, b: tf.TensorInfo, transposeA: boolean, transpo
     if (sharedB) usedOnce.add(b.dataId); // its next use keeps it
     return swappedProduct(a, b, transposeA, transposeB, outShape, backend);
   };
+  // a shared b is a weight (kept packed from its second use); a long K between two activations is summed in chunks
+  const chunk = sharedB ? undefined : splitChunk(k);
   const out = sharedB && keeps(b, transposeB, backend)
     ? direct()
-    : timedWay(`${batchA}|${m}x${k}x${n}|${transposeA}${transposeB}${sharedB}`, (swap) => (swap ? swapped() : direct()));
+    : chunk
+      ? splitProduct(a, b, transposeA, transposeB, m, n, chunk, backend)
+      : timedWay(`${batchA}|${m}x${k}x${n}|${transposeA}${transposeB}${sharedB}`, (swap) => (swap ? swapped() : direct()));
   if (!bias) return out;
   try {
     return runWasmKernel(tf.Add, { a: out, b: bias }, {}, backend);
@@ -331,29 +395,10 @@ function fusedMatMulKernel(replaced: tf.KernelConfig): tf.KernelFunc {
   };
 }
 
-const ours = new Set<tf.KernelFunc>();
-
-/** Replaces wasm's kernel `kernelName` by `make(it)` (idempotent; once the wasm package has registered its own). */
-export function replaceWasmKernel(kernelName: string, make: (replaced: tf.KernelConfig) => tf.KernelFunc): void {
-  const existing = tf.getKernel(kernelName, 'wasm');
-  if (!existing || ours.has(existing.kernelFunc)) return;
-  tf.unregisterKernel(kernelName, 'wasm');
-  const kernelFunc = make(existing);
-  ours.add(kernelFunc);
-  // the replaced kernel's setup (its cwrap of the export) still has to run for the fallback
-  tf.registerKernel({ kernelName, backendName: 'wasm', setupFunc: existing.setupFunc, kernelFunc });
-}
-
 /** Replaces wasm's BatchMatMul and _FusedMatMul. */
 export function registerXnnBatchMatMul(): void {
   replaceWasmKernel(tf.BatchMatMul, batchMatMulKernel);
   replaceWasmKernel(tf._FusedMatMul, fusedMatMulKernel);
-}
-
-/** True when wasm's kernel `name` is one replaceWasmKernel put there. */
-export function isReplacedWasmKernel(name: string): boolean {
-  const k = tf.getKernel(name, 'wasm');
-  return k !== undefined && ours.has(k.kernelFunc);
 }
 
 /** True when wasm's BatchMatMul and _FusedMatMul are this file's kernels. */

@@ -14,14 +14,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { adamWFactors, checkAdamWInputs, FUSED_ADAMW, SUM_OF_SQUARES, type AdamWAttrs, type AdamWInputs } from './adamw-kernels.js';
 import { registerOwnKernel } from './common.js';
-import { replaceWasmKernel } from './wasm-batch-matmul.js';
+import { offsetOf, replaceWasmKernel, type WasmInternals } from './wasm-internals.js';
 import { SHARED_MEMORY_BINARY, UNSHARED_MEMORY_BINARY } from './wasm-simd-binary.js';
-
-interface WasmBackendInternals {
-  wasm: { wasmMemory?: WebAssembly.Memory; asm: { memory?: WebAssembly.Memory } };
-  dataIdMap: { get(dataId: tf.DataId): { memoryOffset: number } };
-  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
-}
 
 interface SimdExports {
   adamw(...args: number[]): void;
@@ -32,7 +26,7 @@ interface SimdExports {
 const instances = new WeakMap<WebAssembly.Memory, SimdExports>();
 
 /** The module instantiated on the backend's memory (the threaded build's is shared, the other's not). */
-function simd(backend: WasmBackendInternals): SimdExports {
+function simd(backend: WasmInternals): SimdExports {
   const memory = backend.wasm.wasmMemory ?? backend.wasm.asm.memory;
   if (!memory) throw new Error("medtune's wasm kernels: the wasm backend's memory is not reachable");
   let exports = instances.get(memory);
@@ -45,13 +39,11 @@ function simd(backend: WasmBackendInternals): SimdExports {
   return exports;
 }
 
-const offsetOf = (backend: WasmBackendInternals, t: tf.TensorInfo | undefined) => (t ? backend.dataIdMap.get(t.dataId).memoryOffset : 0);
-
 const adamWKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
-  const wasm = backend as unknown as WasmBackendInternals;
+  const wasm = backend as unknown as WasmInternals;
   const ins = inputs as unknown as AdamWInputs;
   checkAdamWInputs(ins);
-  const at = (t: tf.TensorInfo | undefined) => offsetOf(wasm, t);
+  const at = (t: tf.TensorInfo | undefined) => (t ? offsetOf(wasm, t) : 0);
   const outs = [0, 1, 2].map(() => wasm.makeOutput(ins.param.shape, 'float32'));
   const k = adamWFactors(attrs as unknown as AdamWAttrs);
   simd(wasm).adamw(
@@ -66,11 +58,16 @@ const adamWKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
 const sumOfSquaresKernel: tf.KernelFunc = ({ inputs, backend }) => {
   const { x } = inputs as { x: tf.TensorInfo };
   if (x.dtype !== 'float32') throw new Error(`${SUM_OF_SQUARES}: float32 tensors only, got ${x.dtype}`);
-  const wasm = backend as unknown as WasmBackendInternals;
+  const wasm = backend as unknown as WasmInternals;
   const out = wasm.makeOutput([], 'float32');
   simd(wasm).sumOfSquares(offsetOf(wasm, x), tf.util.sizeFromShape(x.shape), offsetOf(wasm, out));
   return out;
 };
+
+/** out[c] = x[0][c] + ... + x[rows-1][c] in row order, for float32 (rows, cols) at byte offsets in the backend's memory. */
+export function addRows(backend: WasmInternals, xAt: number, outAt: number, rows: number, cols: number): void {
+  simd(backend).sumRows(xAt, outAt, rows, cols);
+}
 
 /** Sum over a leading run of axes (0..k-1) of float32 x through sumRows; others to wasm's own. */
 function sumKernel(replaced: tf.KernelConfig): tf.KernelFunc {
@@ -81,9 +78,9 @@ function sumKernel(replaced: tf.KernelConfig): tf.KernelFunc {
     if (x.dtype !== 'float32' || axes.length === 0 || axes.some((a, i) => a !== i)) return replaced.kernelFunc(args);
     const rows = tf.util.sizeFromShape(x.shape.slice(0, axes.length));
     const kept = x.shape.slice(axes.length);
-    const wasm = args.backend as unknown as WasmBackendInternals;
+    const wasm = args.backend as unknown as WasmInternals;
     const out = wasm.makeOutput(keepDims ? [...axes.map(() => 1), ...kept] : kept, 'float32');
-    simd(wasm).sumRows(offsetOf(wasm, x), offsetOf(wasm, out), rows, tf.util.sizeFromShape(kept));
+    addRows(wasm, offsetOf(wasm, x), offsetOf(wasm, out), rows, tf.util.sizeFromShape(kept));
     return out;
   };
 }
