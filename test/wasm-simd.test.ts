@@ -1,5 +1,7 @@
 /**
- * medtune's SIMD Sum on wasm (src/backends/wasm-simd.ts, sumRows) over leading axes, against
+ * The gradient of Hiera's 2x2 q-pooling (maxPool2x2Grad in wasm-simd.wat) against maxPoolGradNhwc
+ * (fast-kernels.ts, the JS loop it replaces) bit for bit: ties, NaN, -Infinity and -0 gradients,
+ * channels off the SIMD width, odd sizes. And medtune's SIMD Sum on wasm (src/backends/wasm-simd.ts, sumRows) over leading axes, against
  * wasm's own Sum over the innermost axis of the transposed input (what wasm's kernel does for
  * these axes, so the bits must agree) and against float64; other reductions take wasm's own path.
  * (The same module's AdamW loop is tested in adamw-fused.test.ts.)
@@ -7,6 +9,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { selectBackend } from '../src/backend.js';
+import { maxPoolGradNhwc } from '../src/backends/fast-kernels.js';
 import { isReplacedWasmKernel } from '../src/backends/wasm-internals.js';
 
 function values(n: number, seed: number): Float32Array {
@@ -81,4 +84,48 @@ describe('wasm Sum over leading axes', () => {
     expect(Array.from(await ints.data())).toEqual([4, 6]);
     tf.dispose([x, inner, ints]);
   });
+});
+
+describe('wasm MaxPoolGrad of a 2x2 pool, stride 2', () => {
+  beforeAll(async () => {
+    await selectBackend('wasm', { threads: 2, quiet: true });
+  });
+  afterAll(async () => {
+    await selectBackend('cpu', { quiet: true });
+  });
+
+  /** Values on a coarse grid (many ties in a window), with NaN and -Infinity sprinkled in. */
+  function pooled(n: number, seed: number): Float32Array {
+    const v = values(n, seed).map((x) => Math.round(x * 3) / 3);
+    for (let i = 5; i < n; i += 17) v[i] = NaN;
+    for (let i = 9; i < n; i += 23) v[i] = -Infinity;
+    return v;
+  }
+
+  const bits = (a: Float32Array) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
+
+  // NHWC: SIMD channels only, a SIMD group and a tail, one channel, odd height and width (the last row and column in no window)
+  for (const shape of [[1, 4, 4, 8], [2, 6, 4, 6], [1, 4, 6, 1], [2, 7, 5, 7]]) {
+    it(`[${shape}]: the JS loop's bits`, async () => {
+      const [b, h, w, c] = shape;
+      const [oh, ow] = [Math.floor(h / 2), Math.floor(w / 2)];
+      const x = pooled(b * h * w * c, c + h);
+      const dy = values(b * oh * ow * c, 3 * c + w);
+      for (let i = 2; i < dy.length; i += 13) dy[i] = -0;
+      const info = tf.backend_util.computePool2DInfo(shape as [number, number, number, number], 2, 2, 1, 'valid');
+      const want = maxPoolGradNhwc(x, shape, dy, info);
+      const before = tf.memory().numTensors;
+      const dx = tf.tidy(() => {
+        const input = tf.tensor(x, shape);
+        const output = tf.maxPool(input as tf.Tensor4D, 2, 2, 'valid');
+        return tf.engine().runKernel(tf.MaxPoolGrad, { dy: tf.tensor(dy, [b, oh, ow, c]), input, output }, { filterSize: 2, strides: 2, pad: 'valid' }) as tf.Tensor;
+      });
+      const got = (await dx.data()) as Float32Array;
+      expect(bits(got)).toEqual(bits(want));
+      // every window passed on its gradient once (NaN and -Infinity windows aside)
+      expect(got.filter((v) => v !== 0).length).toBeGreaterThan(dy.filter((v) => v !== 0).length / 2);
+      dx.dispose();
+      expect(tf.memory().numTensors).toBe(before);
+    });
+  }
 });

@@ -14,7 +14,7 @@
  * - Softmax (cpu): one pass per row instead of five broadcasting ops.
  * - the XNNPACK batched product of wasm-batch-matmul.ts.
  * Correctness (the tfjs kernels give wrong gradients for more than one channel):
- * - MaxPoolGrad (wasm), ResizeNearestNeighborGrad (cpu and wasm).
+ * - MaxPoolGrad (wasm; a 2x2 pool of stride 2 in wasm-simd.ts's SIMD loop), ResizeNearestNeighborGrad (cpu and wasm).
  *
  * Every replacement does the same arithmetic in float32 as the kernel it replaces (sums may run
  * in another order). `registerFastKernels(backend)` runs when that backend is chosen
@@ -22,6 +22,8 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { registerXnnBatchMatMul } from './wasm-batch-matmul.js';
+import type { WasmInternals } from './wasm-internals.js';
+import { maxPool2x2Grad } from './wasm-simd.js';
 import { runWasmKernel } from './wasm-internals.js';
 
 type Backendish = {
@@ -221,12 +223,26 @@ export function maxPoolGradNhwc(x: Float32Array, xShape: number[], dy: Float32Ar
   return dx;
 }
 
+/** A 2x2 pool of stride 2 whose every window lies inside the input (wasm-simd.ts's loop covers these). */
+function isInsideTwoByTwo(info: tf.backend_util.Conv2DInfo): boolean {
+  return (
+    [info.filterHeight, info.filterWidth, info.strideHeight, info.strideWidth].every((v) => v === 2) &&
+    info.dilationHeight === 1 &&
+    info.dilationWidth === 1 &&
+    info.padInfo.top === 0 &&
+    info.padInfo.left === 0 &&
+    2 * info.outHeight <= info.inHeight &&
+    2 * info.outWidth <= info.inWidth
+  );
+}
+
 function maxPoolGradKernel(): tf.KernelFunc {
   return (args) => {
     const backend = args.backend as unknown as Backendish;
     const { dy, input } = args.inputs as { dy: tf.TensorInfo; input: tf.TensorInfo };
     const { filterSize, strides, pad, dimRoundingMode } = args.attrs as unknown as tf.MaxPoolGradAttrs;
     const info = tf.backend_util.computePool2DInfo(input.shape as [number, number, number, number], filterSize, strides, 1, pad, dimRoundingMode);
+    if (isInsideTwoByTwo(info) && input.dtype === 'float32' && dy.dtype === 'float32') return maxPool2x2Grad(backend as unknown as WasmInternals, input, dy);
     const dx = maxPoolGradNhwc(values(backend, input), input.shape, values(backend, dy), info);
     return output(backend, input.shape, dx);
   };

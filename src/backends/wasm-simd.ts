@@ -7,6 +7,7 @@
  *   adamWUpdate's arithmetic operation by operation;
  * - Sum over leading axes (bias and LayerNorm weight gradients): rows added in order, reading the
  *   input once, where wasm's Sum transposes it first (a step @256 spent ~220 ms there);
+ * - the gradient of Hiera's 2x2 q-pooling, four channels at a time (fast-kernels.ts calls it);
  * and, not bit for bit but closer to the exact value, the sum of squares of clipGradNorm
  * (SUM_OF_SQUARES) in one float64 pass, where square then sum took two passes in float32 and a
  * written copy of every gradient (~150 ms a step @256).
@@ -21,6 +22,7 @@ interface SimdExports {
   adamw(...args: number[]): void;
   sumRows(x: number, out: number, rows: number, cols: number): void;
   sumOfSquares(x: number, n: number, out: number): void;
+  maxPool2x2Grad(x: number, dy: number, dx: number, batch: number, inH: number, inW: number, ch: number, outH: number, outW: number): void;
 }
 
 const instances = new WeakMap<WebAssembly.Memory, SimdExports>();
@@ -67,6 +69,18 @@ const sumOfSquaresKernel: tf.KernelFunc = ({ inputs, backend }) => {
 /** out[c] = x[0][c] + ... + x[rows-1][c] in row order, for float32 (rows, cols) at byte offsets in the backend's memory. */
 export function addRows(backend: WasmInternals, xAt: number, outAt: number, rows: number, cols: number): void {
   simd(backend).sumRows(xAt, outAt, rows, cols);
+}
+
+/**
+ * The gradient of a 2x2 max pool of stride 2 whose windows lie inside x (NHWC float32; Hiera's
+ * q-pooling) in one SIMD pass, the bits of maxPoolGradNhwc (fast-kernels.ts, its caller); x, dy on this backend.
+ */
+export function maxPool2x2Grad(backend: WasmInternals, x: tf.TensorInfo, dy: tf.TensorInfo): tf.TensorInfo {
+  const [batch, inH, inW, ch] = x.shape;
+  const [, outH, outW] = dy.shape;
+  const dx = backend.makeOutput(x.shape, 'float32');
+  simd(backend).maxPool2x2Grad(offsetOf(backend, x), offsetOf(backend, dy), offsetOf(backend, dx), batch, inH, inW, ch, outH, outW);
+  return dx;
 }
 
 /** Sum over a leading run of axes (0..k-1) of float32 x through sumRows; others to wasm's own. */
