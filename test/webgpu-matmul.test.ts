@@ -1,7 +1,7 @@
 /**
  * The software-adapter matrix product (src/backends/webgpu-matmul.ts) against tfjs on the cpu
  * backend: values and gradients of BatchMatMul and _FusedMatMul (bias, relu) with transposes, a
- * broadcast batch and shapes that fill no tile evenly. On a software adapter (lavapipe) the kernel
+ * broadcast batch and shapes that fill no tile evenly, outputs written by scalars and as vec4s. On a software adapter (lavapipe) the kernel
  * must have taken every case; on a GPU tfjs's kernel runs and is checked the same way. Without an
  * adapter these skip, and fail when CI is set.
  */
@@ -37,6 +37,9 @@ const CASES: Case[] = [
   { a: [1, 6, 3], b: [4, 3, 10], valueOnly: true },
   { a: [13, 8], b: [8, 11], fused: 'linear' },
   { a: [13, 8], b: [11, 8], transposeB: true, fused: 'relu' },
+  // N a multiple of 4, written as vec4s: scores q k^T (N off the 8-column tile), a bias with N 12
+  { a: [3, 30, 16], b: [3, 36, 16], transposeB: true },
+  { a: [17, 10], b: [10, 12], fused: 'relu' },
 ];
 
 function name(c: Case): string {

@@ -34,6 +34,10 @@ class SoftwareMatMulProgram {
   dispatch: [number, number, number];
   workgroupSize: [number, number, number] = [LANES, 1, 1];
   shaderKey: string;
+  /** 4 where each lane's quads are written as vec4s (N a multiple of 4), else 1 */
+  outputComponent: number;
+  /** the operands stay scalar arrays whatever the output's binding */
+  variableComponents: number[];
   /** lanes of a workgroup along the output columns (the rest along the rows) */
   private lanesN: number;
 
@@ -48,11 +52,14 @@ class SoftwareMatMulProgram {
   ) {
     this.outputShape = [batch, m, n];
     this.variableNames = hasBias ? ['A', 'B', 'bias'] : ['A', 'B'];
+    this.variableComponents = this.variableNames.map(() => 1);
     // as many lanes along N as its tiles fill (a power of two), the rest along M
     this.lanesN = Math.min(LANES, 2 ** Math.floor(Math.log2(Math.max(1, Math.ceil(n / TILE_N)))));
     const lanesM = LANES / this.lanesN;
     this.dispatch = [Math.ceil(n / (TILE_N * this.lanesN)), Math.ceil(m / (TILE_M * lanesM)), batch];
-    this.shaderKey = `medtune_sw_matmul_${TILE_M}x${TILE_N}_${this.lanesN}_${transposeA}_${transposeB}_${hasBias}_${activation}`;
+    // every column quad starts at a multiple of 4, so with N one too a quad is in or out whole
+    this.outputComponent = n % 4 === 0 ? 4 : 1;
+    this.shaderKey = `medtune_sw_matmul_${TILE_M}x${TILE_N}_${this.lanesN}_${transposeA}_${transposeB}_${hasBias}_${activation}_${this.outputComponent}`;
   }
 
   getUserCode(): string {
@@ -94,8 +101,12 @@ class SoftwareMatMulProgram {
             .map(
               (q) => `{
             let v = ${act(`acc${i}_${q}${this.hasBias ? ` + bias${q}` : ''}`)};
-            for (var j = 0; j < 4; j++) {
+            ${
+              this.outputComponent === 4
+                ? `if (col0 + ${4 * q} < N) { result[(base + ${4 * q}) / 4] = v; }`
+                : `for (var j = 0; j < 4; j++) {
               if (col0 + ${4 * q} + j < N) { result[base + ${4 * q} + j] = v[j]; }
+            }`
             }
           }`,
             )
