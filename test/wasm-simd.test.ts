@@ -27,14 +27,14 @@ function columnSums(x: Float32Array, rows: number, cols: number): Float64Array {
   return out;
 }
 
-describe('wasm Sum over leading axes', () => {
-  beforeAll(async () => {
-    await selectBackend('wasm', { threads: 2, quiet: true });
-  });
-  afterAll(async () => {
-    await selectBackend('cpu', { quiet: true });
-  });
+beforeAll(async () => {
+  await selectBackend('wasm', { threads: 2, quiet: true });
+});
+afterAll(async () => {
+  await selectBackend('cpu', { quiet: true });
+});
 
+describe('wasm Sum over leading axes', () => {
   it("replaces wasm's Sum", () => {
     expect(isReplacedWasmKernel(tf.Sum)).toBe(true);
   });
@@ -87,13 +87,6 @@ describe('wasm Sum over leading axes', () => {
 });
 
 describe('wasm MaxPoolGrad of a 2x2 pool, stride 2', () => {
-  beforeAll(async () => {
-    await selectBackend('wasm', { threads: 2, quiet: true });
-  });
-  afterAll(async () => {
-    await selectBackend('cpu', { quiet: true });
-  });
-
   /** Values on a coarse grid (many ties in a window), with NaN and -Infinity sprinkled in. */
   function pooled(n: number, seed: number): Float32Array {
     const v = values(n, seed).map((x) => Math.round(x * 3) / 3);

@@ -22,9 +22,8 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { registerXnnBatchMatMul } from './wasm-batch-matmul.js';
-import type { WasmInternals } from './wasm-internals.js';
+import { runWasmKernel, type WasmInternals } from './wasm-internals.js';
 import { maxPool2x2Grad } from './wasm-simd.js';
-import { runWasmKernel } from './wasm-internals.js';
 
 type Backendish = {
   readSync(dataId: tf.DataId): tf.backend_util.BackendValues;

@@ -12,12 +12,11 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { FUSED_ATTENTION, FUSED_ATTENTION_GRAD } from '../model/fused-attention.js';
+import { flatDispatch } from './webgpu-dispatch.js';
 
 const WORKGROUP = 64;
 /** The widest rows written out on a software adapter (RowCode). */
 const UNROLLED_WIDTH_ON_SOFTWARE = 32;
-/** Workgroups along x before a dispatch spills into y (WebGPU's default per-dimension limit). */
-const MAX_GROUPS_X = 65535;
 
 /**
  * WGSL over rows of D4 vec4s, the invocation's own rows held in registers. Written out, a row is
@@ -104,8 +103,7 @@ class AttentionProgram {
     this.outputShape = [rows * (vecOutput ? 4 * code.d4 : 1)];
     this.variableComponents = inputs.map(([, c]) => c);
     this.outputComponent = vecOutput ? 4 : 1;
-    const groups = Math.ceil(rows / WORKGROUP);
-    this.dispatch = groups <= MAX_GROUPS_X ? [groups, 1, 1] : [MAX_GROUPS_X, Math.ceil(groups / MAX_GROUPS_X), 1];
+    this.dispatch = flatDispatch(rows, WORKGROUP);
     this.shaderKey = `medtune_attention_${name}_${code.d4}_${code.unrolled}`;
   }
 

@@ -10,11 +10,10 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import { flatDispatch } from './webgpu-dispatch.js';
 import { allFloat, type SoftwareKernel } from './webgpu-matmul.js';
 
 const WORKGROUP = 64;
-/** Workgroups along x before a dispatch spills into y (WebGPU's default per-dimension limit). */
-const MAX_GROUPS_X = 65535;
 /** The collapsed rank the program takes (its uniforms are vec4s). */
 const MAX_RANK = 4;
 
@@ -51,14 +50,12 @@ class TransposeProgram {
   outputComponent: number;
   shaderKey: string;
 
-  /** `units` output elements (vec4s when `vec4`), flat */
-  constructor(units: number, vec4: boolean) {
+  /** `size` output values, flat, copied one by one or by vec4s (then tfjs's size uniform counts vec4s) */
+  constructor(size: number, vec4: boolean) {
     this.outputComponent = vec4 ? 4 : 1;
-    // in values; tfjs's size uniform counts units
-    this.outputShape = [units * this.outputComponent];
+    this.outputShape = [size];
     this.variableComponents = [this.outputComponent];
-    const groups = Math.ceil(units / WORKGROUP);
-    this.dispatch = groups <= MAX_GROUPS_X ? [groups, 1, 1] : [MAX_GROUPS_X, Math.ceil(groups / MAX_GROUPS_X), 1];
+    this.dispatch = flatDispatch(size / this.outputComponent, WORKGROUP);
     this.shaderKey = `medtune_sw_transpose_${this.outputComponent}`;
   }
 
@@ -101,7 +98,7 @@ export const transposeKernels: Array<[string, SoftwareKernel]> = [
       const pad = MAX_RANK - rank;
       const outDims = [...Array(pad).fill(1), ...collapsed.perm.map((axis) => dims[axis])];
       const inStrides = [...Array(pad).fill(0), ...collapsed.perm.map((axis) => strides[axis])];
-      const program = new TransposeProgram(size / (vec4 ? 4 : 1), vec4);
+      const program = new TransposeProgram(size, vec4);
       const out = backend.runWebGPUProgram(program as never, [{ ...x, shape: [size] }], 'float32', [
         { type: 'int32', data: outDims },
         { type: 'int32', data: inStrides },
